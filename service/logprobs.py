@@ -1,0 +1,95 @@
+"""Per-token target log-probabilities without a `[tokens x vocab]` logits tensor.
+
+The base model gives hidden states; only the positions whose predictions are kept go
+through the LM head, a bounded slice at a time, in fp32 log-softmax. This is what lets a
+32k-token sequence with a 128k vocabulary be scored in a few hundred MiB instead of 16 GiB.
+"""
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .chunking import Segment
+
+# Elements of fp32 logits alive at once (256 MiB): the slice of positions projected per step.
+DEFAULT_LOGITS_BUDGET = 1 << 26
+
+
+def lm_head_of(model: nn.Module) -> nn.Module:
+    head = model.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no output embeddings (not a causal LM)")
+    return head
+
+
+def target_logprobs(
+    hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor, logits_budget: int
+) -> torch.Tensor:
+    """log softmax(head(hidden))[label] for hidden [N, d], labels [N] -> fp32 [N]."""
+    vocab = head.weight.shape[0]
+    step = max(1, logits_budget // vocab)
+    out = torch.empty(labels.numel(), dtype=torch.float32, device=hidden.device)
+    for lo in range(0, labels.numel(), step):
+        logits = head(hidden[lo : lo + step]).float()
+        picked = logits.gather(1, labels[lo : lo + step, None]).squeeze(1)
+        out[lo : lo + step] = picked - torch.logsumexp(logits, dim=-1)
+    return out
+
+
+def base_hidden_states(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    """Last hidden states [B, T, d] of right-padded rows, every row starting at position 0.
+
+    No attention mask is passed on purpose: with right padding and causal attention a real
+    position never sees a pad token (pads come after it), so the mask would change nothing
+    for kept positions while forcing a slower masked attention kernel.
+    """
+    batch, length = input_ids.shape
+    position_ids = torch.arange(length, device=input_ids.device).expand(batch, length)
+    out = model.base_model(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+    return out.last_hidden_state
+
+
+def batches_by_budget(segments: Sequence[Segment], token_budget: int) -> list[list[Segment]]:
+    """Group segments into padded batches of at most `token_budget` tokens (rows x length).
+
+    Longest first, so each batch pads to its first row and similar lengths share a batch;
+    a segment longer than the budget runs alone.
+    """
+    ordered = sorted(segments, key=len, reverse=True)
+    batches, current = [], []
+    for seg in ordered:
+        if current and (len(current) + 1) * len(current[0]) > token_budget:
+            batches.append(current)
+            current = []
+        current.append(seg)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def run_segments(
+    model: nn.Module,
+    segments: Sequence[Segment],
+    token_budget: int,
+    logits_budget: int = DEFAULT_LOGITS_BUDGET,
+) -> list[torch.Tensor]:
+    """Kept-position log-probs (fp32, on CPU) for each segment, in the order given."""
+    device = model.get_input_embeddings().weight.device
+    head = lm_head_of(model)
+    index = {id(seg): i for i, seg in enumerate(segments)}
+    results: list[torch.Tensor] = [torch.empty(0)] * len(segments)
+    for batch in batches_by_budget(segments, token_budget):
+        width = len(batch[0])
+        rows = torch.zeros(len(batch), width, dtype=torch.long)
+        flat_positions, labels = [], []
+        for r, seg in enumerate(batch):
+            rows[r, : len(seg)] = seg.input_ids
+            flat_positions.append(torch.arange(seg.score_from, len(seg)) + r * width)
+            labels.append(seg.labels)
+        hidden = base_hidden_states(model, rows.to(device, non_blocking=True))
+        kept = hidden.reshape(-1, hidden.shape[-1])[torch.cat(flat_positions).to(device)]
+        logp = target_logprobs(kept, head, torch.cat(labels).to(device), logits_budget).cpu()
+        for seg, part in zip(batch, logp.split([len(p) for p in flat_positions])):
+            results[index[id(seg)]] = part
+    return results

@@ -1,0 +1,33 @@
+"""The `tokenweight` command. Each subcommand lives in its own module, which exposes
+`add_arguments(parser)` and `run(args) -> int` and imports heavy dependencies (torch, the
+web stack) only inside `run`, so `tokenweight --help` and the client-only install stay light.
+"""
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS = {
+    "score": ("tokenweight.score_cli", "score JSON lines locally or against a running server"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tokenweight", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        mod = importlib.import_module(module)
+        mod.add_arguments(cmd)
+        cmd.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args._run(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
