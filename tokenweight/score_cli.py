@@ -1,0 +1,107 @@
+"""`tokenweight score`: ad-hoc scoring of JSON lines, locally or against a running server.
+
+Input lines are `{"token_ids": [int]}` or `{"text": str}`; each gives one output line
+`{"token_ids", "score", "logp_long", "logp_short"}` (plus `"tokens"` for text), in input order.
+"""
+
+import argparse
+import json
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--url", help="a running server: grpc://HOST:PORT or http://HOST:PORT")
+    where.add_argument("--model", help="score locally with this checkpoint directory")
+    parser.add_argument("--short-model", help="separate short-context model (local mode)")
+    parser.add_argument("--scorer", help="scorer name on the server (default: its default)")
+    parser.add_argument("--window", type=int, help="short-context window k")
+    parser.add_argument("--stride", type=int, help="chunk stride s (default 3k/4)")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (local mode; default: cuda if any)")
+    parser.add_argument("--dtype", help="float32, bfloat16 or float16 (local mode)")
+    parser.add_argument("--batch-size", type=int, default=16, help="lines scored per call")
+    parser.add_argument("--input", help="JSON lines file (default: stdin)")
+
+
+class InputError(ValueError):
+    pass
+
+
+def read_lines(stream) -> list[dict]:
+    items = []
+    for number, line in enumerate(stream, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"input line {number} is not JSON: {exc}") from None
+        if not isinstance(item, dict) or ("token_ids" in item) == ("text" in item):
+            raise InputError(f'input line {number} needs exactly one of "token_ids" or "text"')
+        items.append(item)
+    return items
+
+
+def local_scorer(args):
+    """A function (items) -> output dicts that runs the engine in this process."""
+    import numpy as np
+
+    from tokenweight.service.engine import ScoringEngine
+
+    settings = {name: value for name in ("window", "stride") if (value := getattr(args, name))}
+    engine = ScoringEngine.from_pretrained(
+        args.model, args.short_model, device=args.device, dtype=args.dtype, **settings
+    )
+    tokenizer = None
+
+    def score(items: list[dict]) -> list[dict]:
+        nonlocal tokenizer
+        sequences, tokens = [], []
+        for item in items:
+            if "text" in item:
+                if tokenizer is None:
+                    from transformers import AutoTokenizer
+
+                    tokenizer = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
+                ids = tokenizer(item["text"])["input_ids"]
+                tokens.append(tokenizer.convert_ids_to_tokens(ids))
+            else:
+                ids = item["token_ids"]
+                tokens.append(None)
+            sequences.append(np.asarray(ids, dtype=np.int64))
+        results = engine.score(sequences)
+        return [
+            _output(seq.tolist(), r.score, r.logp_long, r.logp_short, tok)
+            for seq, r, tok in zip(sequences, results, tokens)
+        ]
+
+    return score
+
+
+def _output(token_ids, score, logp_long, logp_short, tokens=None) -> dict:
+    out = {
+        "token_ids": token_ids,
+        "score": score.tolist(),
+        "logp_long": logp_long.tolist(),
+        "logp_short": logp_short.tolist(),
+    }
+    if tokens is not None:
+        out["tokens"] = tokens
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.model:
+        print("tokenweight score: pass --model PATH (score locally)", file=sys.stderr)
+        return 2
+    try:
+        with open(args.input) if args.input else sys.stdin as stream:
+            items = read_lines(stream)
+        score = local_scorer(args)
+        for lo in range(0, len(items), args.batch_size):
+            for out in score(items[lo : lo + args.batch_size]):
+                sys.stdout.write(json.dumps(out) + "\n")
+    except (ValueError, OSError) as exc:
+        print(f"tokenweight score: {exc}", file=sys.stderr)
+        return 1
+    return 0
