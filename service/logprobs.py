@@ -50,18 +50,26 @@ def base_hidden_states(model: nn.Module, input_ids: torch.Tensor) -> torch.Tenso
     return out.last_hidden_state
 
 
+# A row joins a padded batch only if at most this fraction of it would be padding.
+MAX_PADDING_FRACTION = 0.25
+
+
 def batches_by_budget(segments: Sequence[Segment], token_budget: int) -> list[list[Segment]]:
     """Group segments into padded batches of at most `token_budget` tokens (rows x length).
 
-    Longest first, so each batch pads to its first row and similar lengths share a batch;
-    a segment longer than the budget runs alone.
+    Longest first, so each batch pads to its first row; a much shorter segment starts a new
+    batch rather than being padded to a long one (a 32k long pass must not pad its 8k
+    chunks to 32k). A segment longer than the budget runs alone.
     """
     ordered = sorted(segments, key=len, reverse=True)
     batches, current = [], []
     for seg in ordered:
-        if current and (len(current) + 1) * len(current[0]) > token_budget:
-            batches.append(current)
-            current = []
+        if current:
+            width = len(current[0])
+            over_budget = (len(current) + 1) * width > token_budget
+            if over_budget or len(seg) < (1 - MAX_PADDING_FRACTION) * width:
+                batches.append(current)
+                current = []
         current.append(seg)
     if current:
         batches.append(current)
