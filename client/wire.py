@@ -1,13 +1,14 @@
 """The wire format of DESIGN §3, in one place for the client and the server.
 
 Token ids travel as little-endian int32 bytes, per-token arrays as little-endian float32
-bytes. Everything here needs only numpy and the generated protobuf code (no torch, no grpc
-channel), so the client-only install can use it.
+bytes. Everything here needs only numpy, grpc's status codes and the generated protobuf
+code (no torch, no channel), so the client-only install can use it.
 """
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import grpc
 import numpy as np
 
 from tokenweight.v1 import scorer_pb2
@@ -26,6 +27,17 @@ _HEADER_BYTES = 64 * 1024
 
 class WireFormatError(ValueError):
     """Bytes that are not a valid packed array; the message names the field and the fix."""
+
+
+class ScoreStreamError(Exception):
+    """A ScoreStream request that failed on the server; the stream itself is still usable."""
+
+    def __init__(self, request_id: str, code: grpc.StatusCode, message: str):
+        super().__init__(f"request {request_id!r} failed: {code.name}: {message}")
+        self.request_id, self.code, self.message = request_id, code, message
+
+
+_STATUS_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 
 
 @dataclass
@@ -158,10 +170,24 @@ def build_response(
     )
 
 
+def build_error_response(
+    request_id: str, code: grpc.StatusCode, message: str
+) -> scorer_pb2.ScoreResponse:
+    """The ScoreStream response for a request that failed."""
+    error = scorer_pb2.ScoreError(code=code.value[0], message=message)
+    return scorer_pb2.ScoreResponse(request_id=request_id, error=error)
+
+
 def parse_response(
     response: scorer_pb2.ScoreResponse, outputs: Iterable[str] | None = None
 ) -> ScoreResult:
-    """Decode a ScoreResponse. Arrays not in `outputs` (None = all) come back as None."""
+    """Decode a ScoreResponse. Arrays not in `outputs` (None = all) come back as None.
+
+    A ScoreStream response carrying an error raises ScoreStreamError.
+    """
+    if response.HasField("error"):
+        code = _STATUS_BY_VALUE.get(response.error.code, grpc.StatusCode.UNKNOWN)
+        raise ScoreStreamError(response.request_id, code, response.error.message)
     wanted = set(OUTPUT_NAMES if outputs is None else outputs)
     results = []
     for i, item in enumerate(response.results):

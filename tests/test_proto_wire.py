@@ -49,3 +49,13 @@ def test_message_limit_bounds_the_largest_messages():
     assert wire.build_request(big, request_id="x" * 100).ByteSize() <= limit
     floats = wire.Scores(*(np.zeros(tokens // sequences - 1, np.float32) for _ in range(3)))
     assert wire.build_response("x" * 100, "s", "f" * 24, 1, 1, [floats] * sequences).ByteSize() <= limit
+
+
+def test_stream_error_response_raises_with_code():
+    import grpc
+
+    response = wire.build_error_response("r7", grpc.StatusCode.INVALID_ARGUMENT, "bad window")
+    with pytest.raises(wire.ScoreStreamError, match="r7") as info:
+        wire.parse_response(scorer_pb2.ScoreResponse.FromString(response.SerializeToString()))
+    assert info.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.message == "bad window"

@@ -48,21 +48,31 @@ class TokenScores(_message.Message):
     logp_short: bytes
     def __init__(self, score: _Optional[bytes] = ..., logp_long: _Optional[bytes] = ..., logp_short: _Optional[bytes] = ...) -> None: ...
 
+class ScoreError(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
 class ScoreResponse(_message.Message):
-    __slots__ = ("request_id", "scorer", "fingerprint", "results", "window", "stride")
+    __slots__ = ("request_id", "scorer", "fingerprint", "results", "window", "stride", "error")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SCORER_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     WINDOW_FIELD_NUMBER: _ClassVar[int]
     STRIDE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     scorer: str
     fingerprint: str
     results: _containers.RepeatedCompositeFieldContainer[TokenScores]
     window: int
     stride: int
-    def __init__(self, request_id: _Optional[str] = ..., scorer: _Optional[str] = ..., fingerprint: _Optional[str] = ..., results: _Optional[_Iterable[_Union[TokenScores, _Mapping]]] = ..., window: _Optional[int] = ..., stride: _Optional[int] = ...) -> None: ...
+    error: ScoreError
+    def __init__(self, request_id: _Optional[str] = ..., scorer: _Optional[str] = ..., fingerprint: _Optional[str] = ..., results: _Optional[_Iterable[_Union[TokenScores, _Mapping]]] = ..., window: _Optional[int] = ..., stride: _Optional[int] = ..., error: _Optional[_Union[ScoreError, _Mapping]] = ...) -> None: ...
 
 class ListScorersRequest(_message.Message):
     __slots__ = ()
