@@ -5,6 +5,7 @@
 `self` source calls it with the live model. No web framework is imported here.
 """
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from torch import nn
 
 from .chunking import LONG, SHORT, check_window, default_stride, plan_sequence
 from .loading import load_causal_lm, resolve_device, resolve_dtype
-from .logprobs import DEFAULT_LOGITS_BUDGET, run_segments
+from .logprobs import ForwardOptions, run_segments
 
 # Bumped whenever the scoring math changes, so old fingerprints stop matching.
 SCORING_VERSION = "tokenweight-scoring-1"
@@ -74,14 +75,13 @@ def compute_logprobs(
     short_model: nn.Module | None,
     jobs: list[ScoreJob],
     bos_token_id: int | None,
-    token_budget: int,
-    logits_budget: int = DEFAULT_LOGITS_BUDGET,
+    options: ForwardOptions,
 ) -> list[LogProbs]:
     """Log-probs for every job; `short_model=None` means the long model plays both parts.
 
     All passes of all jobs (long passes and short chunks alike, each a fresh forward from
     position 0) are pooled per model and run in as few padded forward calls as
-    `token_budget` allows.
+    `options.token_budget` allows.
     """
     short_is_long = short_model is None
     segments = []
@@ -109,7 +109,7 @@ def compute_logprobs(
         results.append(LogProbs(long, short))
 
     for model, segs in by_model.values():
-        for seg, logp in zip(segs, run_segments(model, segs, token_budget, logits_budget)):
+        for seg, logp in zip(segs, run_segments(model, segs, options)):
             result = results[seg.sequence]
             out = result.long if seg.role == LONG else result.short
             out[seg.out_offset : seg.out_offset + logp.numel()] = logp
@@ -122,6 +122,12 @@ def compute_logprobs(
                 head = min(job.window, job.tokens.numel()) - 1
                 result.short[:head] = result.long[:head]
     return results
+
+
+def default_options(device: torch.device) -> ForwardOptions:
+    if device.type == "cuda":
+        return ForwardOptions(token_budget=131072)
+    return ForwardOptions()
 
 
 def _max_positions(model: nn.Module) -> int | None:
@@ -150,7 +156,7 @@ class ScoringEngine:
         stride: int | None = None,
         max_length: int | None = None,
         token_budget: int | None = None,
-        logits_budget: int = DEFAULT_LOGITS_BUDGET,
+        options: ForwardOptions | None = None,
         long_path: str = "",
         short_path: str = "",
         long_digest: str | None = None,
@@ -180,8 +186,9 @@ class ScoringEngine:
         )
         param = next(long_model.parameters())
         self.device, self.dtype = param.device, param.dtype
-        self.token_budget = token_budget or (131072 if self.device.type == "cuda" else 16384)
-        self.logits_budget = logits_budget
+        self.options = options or default_options(self.device)
+        if token_budget:
+            self.options = dataclasses.replace(self.options, token_budget=token_budget)
         self._digests = (
             long_digest or module_digest(long_model),
             "" if short_model is None else (short_digest or module_digest(short_model)),
@@ -270,12 +277,7 @@ class ScoringEngine:
     def run(self, jobs: list[ScoreJob]) -> list[SequenceScores]:
         """Score jobs that already passed `check` (the batcher's entry point)."""
         logprobs = compute_logprobs(
-            self.long_model,
-            self.short_model,
-            jobs,
-            self.bos_token_id,
-            self.token_budget,
-            self.logits_budget,
+            self.long_model, self.short_model, jobs, self.bos_token_id, self.options
         )
         return [_to_scores(job.outputs, lp) for job, lp in zip(jobs, logprobs)]
 

@@ -5,10 +5,13 @@ through the LM head, a bounded slice at a time, in fp32 log-softmax. This is wha
 32k-token sequence with a 128k vocabulary be scored in a few hundred MiB instead of 16 GiB.
 """
 
+import contextlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .chunking import Segment
 
@@ -23,18 +26,62 @@ def lm_head_of(model: nn.Module) -> nn.Module:
     return head
 
 
+@dataclass(frozen=True)
+class ForwardOptions:
+    """How forward passes run; every choice gives the same results up to rounding.
+
+    `sdpa_backends`: SDPA kernels to try first, in order (names of torch's SDPBackend,
+    e.g. ("CUDNN_ATTENTION", "FLASH_ATTENTION")); None keeps torch's own choice.
+    `compile_logprobs`: fuse the fp32 upcast, gather and logsumexp of each LM-head slice
+    with torch.compile, so the low-precision logits are read once instead of three times.
+    """
+
+    token_budget: int = 16384
+    logits_budget: int = DEFAULT_LOGITS_BUDGET
+    sdpa_backends: tuple[str, ...] | None = None
+    compile_logprobs: bool = False
+
+
+def _slice_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()
+    return logits.gather(1, labels[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
+
+
+_compiled_slice_logprobs = None
+
+
+def _slice_fn(compiled: bool):
+    global _compiled_slice_logprobs
+    if not compiled:
+        return _slice_logprobs
+    if _compiled_slice_logprobs is None:
+        _compiled_slice_logprobs = torch.compile(_slice_logprobs, dynamic=True)
+    return _compiled_slice_logprobs
+
+
 def target_logprobs(
-    hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor, logits_budget: int
+    hidden: torch.Tensor,
+    head: nn.Module,
+    labels: torch.Tensor,
+    logits_budget: int,
+    compiled: bool = False,
 ) -> torch.Tensor:
     """log softmax(head(hidden))[label] for hidden [N, d], labels [N] -> fp32 [N]."""
     vocab = head.weight.shape[0]
     step = max(1, logits_budget // vocab)
+    slice_logprobs = _slice_fn(compiled)
     out = torch.empty(labels.numel(), dtype=torch.float32, device=hidden.device)
     for lo in range(0, labels.numel(), step):
-        logits = head(hidden[lo : lo + step]).float()
-        picked = logits.gather(1, labels[lo : lo + step, None]).squeeze(1)
-        out[lo : lo + step] = picked - torch.logsumexp(logits, dim=-1)
+        out[lo : lo + step] = slice_logprobs(head(hidden[lo : lo + step]), labels[lo : lo + step])
     return out
+
+
+def attention_context(backends: tuple[str, ...] | None):
+    if not backends:
+        return contextlib.nullcontext()
+    chosen = [getattr(SDPBackend, name) for name in backends]
+    rest = [b for b in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH) if b not in chosen]
+    return sdpa_kernel(chosen + rest, set_priority=True)
 
 
 def base_hidden_states(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
@@ -77,17 +124,14 @@ def batches_by_budget(segments: Sequence[Segment], token_budget: int) -> list[li
 
 
 def run_segments(
-    model: nn.Module,
-    segments: Sequence[Segment],
-    token_budget: int,
-    logits_budget: int = DEFAULT_LOGITS_BUDGET,
+    model: nn.Module, segments: Sequence[Segment], options: ForwardOptions
 ) -> list[torch.Tensor]:
     """Kept-position log-probs (fp32, on CPU) for each segment, in the order given."""
     device = model.get_input_embeddings().weight.device
     head = lm_head_of(model)
     index = {id(seg): i for i, seg in enumerate(segments)}
     results: list[torch.Tensor] = [torch.empty(0)] * len(segments)
-    for batch in batches_by_budget(segments, token_budget):
+    for batch in batches_by_budget(segments, options.token_budget):
         width = len(batch[0])
         rows = torch.zeros(len(batch), width, dtype=torch.long)
         flat_positions, labels = [], []
@@ -95,9 +139,12 @@ def run_segments(
             rows[r, : len(seg)] = seg.input_ids
             flat_positions.append(torch.arange(seg.score_from, len(seg)) + r * width)
             labels.append(seg.labels)
-        hidden = base_hidden_states(model, rows.to(device, non_blocking=True))
+        with attention_context(options.sdpa_backends):
+            hidden = base_hidden_states(model, rows.to(device, non_blocking=True))
         kept = hidden.reshape(-1, hidden.shape[-1])[torch.cat(flat_positions).to(device)]
-        logp = target_logprobs(kept, head, torch.cat(labels).to(device), logits_budget).cpu()
+        logp = target_logprobs(
+            kept, head, torch.cat(labels).to(device), options.logits_budget, options.compile_logprobs
+        ).cpu()
         for seg, part in zip(batch, logp.split([len(p) for p in flat_positions])):
             results[index[id(seg)]] = part
     return results

@@ -12,6 +12,8 @@ from transformers import (
     Qwen2Config,
 )
 
+import dataclasses
+
 from tokenweight.service.engine import Outputs, ScoringEngine, ScoringInputError
 from tokenweight.service.loading import ModelLoadError
 
@@ -149,7 +151,8 @@ def test_long_short_pair_of_different_models(checkpoints):
 
 def test_mixed_length_batch_equals_scoring_alone(checkpoints):
     engine = engine_for(checkpoints, "qwen2", K, 6)
-    engine.token_budget = 96  # several padded forward calls, rows of different lengths
+    # several padded forward calls, rows of different lengths
+    engine.options = dataclasses.replace(engine.options, token_budget=96)
     sequences = [np.array(make_sequence(n, n % 2 == 0, n)) for n in (40, 3, 17, 1, 26, 9, 33)]
     together = engine.score(sequences)
     for seq, r in zip(sequences, together):
@@ -187,7 +190,7 @@ def test_short_only_skips_the_long_pass(checkpoints):
 
 def test_lm_head_runs_in_bounded_slices(checkpoints):
     engine = engine_for(checkpoints, "llama", K, 6)
-    engine.logits_budget = 10 * VOCAB
+    engine.options = dataclasses.replace(engine.options, logits_budget=10 * VOCAB)
     rows = []
     head = engine.long_model.get_output_embeddings()
     hook = head.register_forward_hook(lambda mod, inp, out: rows.append(out.shape[0]))
@@ -197,7 +200,7 @@ def test_lm_head_runs_in_bounded_slices(checkpoints):
     finally:
         hook.remove()
     assert max(rows) <= 10
-    engine.logits_budget = 1 << 26
+    engine.options = dataclasses.replace(engine.options, logits_budget=1 << 26)
     (whole,) = engine.score([x])
     np.testing.assert_allclose(sliced.logp_long, whole.logp_long, atol=1e-6, rtol=0)
 
