@@ -10,6 +10,7 @@ import sys
 # name -> (module, one-line help)
 COMMANDS = {
     "score": ("tokenweight.score_cli", "score JSON lines locally or against a running server"),
+    "prepare": ("tokenweight.trainer.prepare", "tokenize text into fixed-length training shards"),
 }
 
 

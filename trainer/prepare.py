@@ -291,8 +291,8 @@ class ShardWriter:
             old.unlink()
         for shard in self.shards:
             os.replace(self.staging / shard["file"], self.out / shard["file"])
+        write_json_atomic(self.out / INDEX_FILE, index, tmp_dir=self.staging)
         self.staging.rmdir()
-        write_json_atomic(self.out / INDEX_FILE, index)
         return index
 
 
@@ -311,9 +311,9 @@ def _check_out_dir(out: Path) -> None:
         )
 
 
-def write_json_atomic(path: Path, obj: dict) -> None:
-    """Write JSON to a temp file in the same directory, fsync, and rename over `path`."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def write_json_atomic(path: Path, obj: dict, tmp_dir: Path | None = None) -> None:
+    """Write JSON to a temp file (in `tmp_dir`, same filesystem), fsync, rename over `path`."""
+    tmp = (tmp_dir or path.parent) / f".{path.name}.tmp-{os.getpid()}"
     with tmp.open("w") as f:
         json.dump(obj, f, indent=2)
         f.write("\n")
