@@ -6,8 +6,8 @@ cp -r tokenweight "$shim/"
 for pkg in service client trainer; do ln -s "$PWD/$pkg" "$shim/tokenweight/$pkg"; done
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH="$shim:/tmp/site:$PWD"
+  export PYTHONPATH="$shim:/tmp/site"
 else
-  export PYTHONPATH="$shim:$PWD"
+  export PYTHONPATH="$shim"
 fi
 export PYTHONUNBUFFERED=1

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import build_model, forward_flops, machine, matmul_ceiling, timed, write_results  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import build_model, forward_flops, machine, matmul_ceiling, timed, write_results  # noqa: E402
 from tokenweight.service.chunking import chunk_count, default_stride  # noqa: E402
 from tokenweight.service.engine import ScoringEngine  # noqa: E402
 from tokenweight.service.logprobs import ForwardOptions  # noqa: E402

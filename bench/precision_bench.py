@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import machine, write_results  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, write_results  # noqa: E402
 from tokenweight.service.engine import ScoringEngine  # noqa: E402
 
 SMALL = dict(hidden_size=512, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
