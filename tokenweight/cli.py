@@ -10,6 +10,7 @@ import sys
 # name -> (module, one-line help)
 COMMANDS = {
     "score": ("tokenweight.score_cli", "score JSON lines locally or against a running server"),
+    "serve": ("tokenweight.service.serve_cli", "run the scorer service (gRPC + HTTP)"),
     "prepare": ("tokenweight.trainer.prepare", "tokenize text into fixed-length training shards"),
     "precompute": ("tokenweight.trainer.precompute", "score a prepared dataset once into a score store (frozen mode)"),
     "plot": ("tokenweight.trainer.plot", "draw a training run's metrics.jsonl as PNG files"),

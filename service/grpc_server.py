@@ -1,0 +1,208 @@
+"""The gRPC front end: `tokenweight.v1.Scorer`, standard health and server reflection.
+
+The servicer is a thin translation between protobuf messages and the scoring core; auth and
+metrics are interceptors.
+"""
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from tokenweight.client import wire
+from tokenweight.v1 import scorer_pb2, scorer_pb2_grpc
+
+from .auth import BearerToken, GrpcAuthInterceptor
+from .config import ServerConfig
+from .engine import Outputs
+from .errors import InvalidArgument, ServiceError
+from .metrics import Metrics
+from .scoring import ScoringService
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = scorer_pb2.DESCRIPTOR.services_by_name["Scorer"].full_name
+
+
+class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
+    def __init__(self, service: ScoringService):
+        self._service = service
+
+    async def _score(self, request: scorer_pb2.ScoreRequest, timeout: float | None):
+        try:
+            sequences = wire.request_sequences(request)
+        except wire.WireFormatError as exc:
+            raise InvalidArgument(str(exc)) from None
+        scored = await self._service.score(
+            request.scorer,
+            sequences,
+            request.window,
+            request.stride,
+            Outputs(*wire.requested_outputs(request)),
+            timeout,
+        )
+        return wire.build_response(
+            request.request_id, scored.scorer, scored.fingerprint, scored.window,
+            scored.stride, scored.results,
+        )
+
+    async def Score(self, request, context):
+        try:
+            return await self._score(request, context.time_remaining())
+        except ServiceError as exc:
+            await context.abort(grpc.StatusCode[exc.status], exc.message)
+
+    async def ScoreStream(self, request_iterator, context):
+        """Every request is scored as soon as it arrives; responses go out as they finish.
+
+        A failed request gets a response carrying `error`; the stream and the other requests
+        on it go on.
+        """
+        responses: asyncio.Queue = asyncio.Queue()
+
+        async def one(request):
+            try:
+                response = await self._score(request, context.time_remaining())
+            except ServiceError as exc:
+                code = grpc.StatusCode[exc.status]
+                response = wire.build_error_response(request.request_id, code, exc.message)
+            await responses.put(response)
+
+        async def read_all():
+            async with asyncio.TaskGroup() as tasks:
+                async for request in request_iterator:
+                    tasks.create_task(one(request))
+            await responses.put(None)
+
+        reader = asyncio.create_task(read_all())
+        try:
+            while (response := await responses.get()) is not None:
+                yield response
+            await reader  # surfaces an unexpected error from the reader
+        finally:
+            reader.cancel()
+
+    async def ListScorers(self, request, context):
+        try:
+            infos = self._service.info()
+        except ServiceError as exc:
+            await context.abort(grpc.StatusCode[exc.status], exc.message)
+        return scorer_pb2.ListScorersResponse(
+            scorers=[scorer_pb2.ScorerInfo(**info) for info in infos],
+            default_scorer=self._service.default_scorer,
+        )
+
+
+class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts calls of the Scorer service by status code and times them."""
+
+    def __init__(self, metrics: Metrics):
+        self._metrics = metrics
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(f"/{SERVICE_NAME}/"):
+            return handler
+        method = details.method.rsplit("/", 1)[-1]
+        record = self._recorder(method)
+        if handler.unary_unary:
+            behavior = handler.unary_unary
+
+            async def unary(request, context):
+                start = time.perf_counter()
+                try:
+                    response = await behavior(request, context)
+                except BaseException as exc:
+                    record(context, exc, start)
+                    raise
+                record(context, None, start)
+                return response
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary, handler.request_deserializer, handler.response_serializer
+            )
+        behavior = handler.stream_stream
+
+        async def stream(request_iterator, context):
+            start = time.perf_counter()
+            try:
+                async for response in behavior(request_iterator, context):
+                    yield response
+            except BaseException as exc:
+                record(context, exc, start)
+                raise
+            record(context, None, start)
+
+        return grpc.stream_stream_rpc_method_handler(
+            stream, handler.request_deserializer, handler.response_serializer
+        )
+
+    def _recorder(self, method: str):
+        def record(context, exc: BaseException | None, start: float) -> None:
+            code = context.code()
+            if code is None:
+                code = (
+                    grpc.StatusCode.OK if exc is None
+                    else grpc.StatusCode.CANCELLED if isinstance(exc, asyncio.CancelledError)
+                    else grpc.StatusCode.UNKNOWN
+                )
+            self._metrics.grpc_requests.labels(method, code.name).inc()
+            self._metrics.grpc_latency.labels(method).observe(time.perf_counter() - start)
+
+        return record
+
+
+class GrpcFrontEnd:
+    """The gRPC server with health and reflection, bound to `config.host:config.grpc_port`."""
+
+    def __init__(self, service: ScoringService, config: ServerConfig, metrics: Metrics):
+        interceptors = [GrpcMetricsInterceptor(metrics)]
+        if config.auth_token:
+            interceptors.append(GrpcAuthInterceptor(BearerToken(config.auth_token)))
+        limit = wire.message_limit(config.max_request_tokens, config.max_sequences)
+        self.server = grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+            ],
+        )
+        scorer_pb2_grpc.add_ScorerServicer_to_server(ScorerServicer(service), self.server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        address = f"{config.host}:{config.grpc_port}"
+        if config.tls_cert:
+            credentials = grpc.ssl_server_credentials(
+                [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())]
+            )
+            self.port = self.server.add_secure_port(address, credentials)
+        else:
+            self.port = self.server.add_insecure_port(address)
+        if not self.port:
+            raise OSError(f"cannot bind the gRPC server to {address}")
+
+    async def start(self) -> None:
+        await self.set_serving(False)
+        await self.server.start()
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def drain(self) -> None:
+        """Health says NOT_SERVING from now on, whatever is set later."""
+        await self.health.enter_graceful_shutdown()
+
+    async def stop(self, grace: float) -> None:
+        await self.server.stop(grace)

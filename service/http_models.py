@@ -1,0 +1,68 @@
+"""Typed request and response bodies of the HTTP API (DESIGN §4), shared by JSON and msgpack."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+OutputName = Literal["score", "logp_long", "logp_short"]
+
+
+class ScoreBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    scorer: str = Field("", description="Scorer name; empty or absent selects the default")
+    window: int = Field(0, ge=0, description="Short-context window k; 0 = the scorer's default")
+    stride: int = Field(0, ge=0, description="Stride s; 0 = the default (3k/4)")
+    token_ids: list[list[int]] | None = Field(None, description="Sequences of token ids")
+    text: str | list[str] | None = Field(
+        None, description="Text, tokenized with the scorer's tokenizer (with its BOS)"
+    )
+    outputs: list[OutputName] | None = Field(
+        None, description="Arrays to return; absent = all three. Only logp_short skips the long pass"
+    )
+
+    @model_validator(mode="after")
+    def _one_input(self):
+        if (self.token_ids is None) == (self.text is None):
+            raise ValueError("give exactly one of 'token_ids' (a list of lists of ints) or 'text'")
+        return self
+
+
+class ScoreResult(BaseModel):
+    token_ids: list[int]
+    tokens: list[str] | None = Field(None, description="Decoded tokens, for text input")
+    score: list[float] | None = Field(None, description="|logp_short - logp_long|, L-1 values")
+    logp_long: list[float] | None = None
+    logp_short: list[float] | None = None
+
+
+class ScoreResponseBody(BaseModel):
+    scorer: str
+    fingerprint: str
+    window: int
+    stride: int
+    results: list[ScoreResult]
+
+
+class ScorerInfo(BaseModel):
+    name: str
+    long_model: str
+    short_model: str
+    default_window: int
+    default_stride: int
+    max_sequence_length: int
+    vocab_size: int
+    dtype: str
+    device: str
+    fingerprint: str
+    is_default: bool
+    max_request_tokens: int
+
+
+class ScorersBody(BaseModel):
+    default_scorer: str
+    scorers: list[ScorerInfo]
+
+
+class ErrorBody(BaseModel):
+    error: str
