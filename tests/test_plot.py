@@ -59,9 +59,11 @@ def test_plot_writes_nonempty_pngs(tmp_path, capsys):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
 
 
-def test_plot_without_metrics(tmp_path):
+def test_plot_without_metrics(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
         plot.plot_run(tmp_path)
     (tmp_path / "metrics.jsonl").write_text('{"time": 1}\n')
-    with pytest.raises(ValueError, match="no numeric metrics"):
+    with pytest.raises(plot.NothingToPlot, match="no numeric metrics"):
         plot.plot_run(tmp_path)
+    assert plot.run(argparse.Namespace(run_dir=str(tmp_path))) == 1
+    assert "no numeric metrics" in capsys.readouterr().err

@@ -121,6 +121,9 @@ def test_cli_entry(hf_tokenizer_dir, inputs, tmp_path, capsys):
     assert prepare_mod.run(args) == 0
     assert "dropped the last" in capsys.readouterr().out
     assert len(TokenShards(out)) > 0
+    args.seq_len = 1
+    assert prepare_mod.run(args) == 1
+    assert "error: --seq-len must be at least 2" in capsys.readouterr().err
 
 
 def test_bad_jsonl_line_is_named(hf_tokenizer_dir, tmp_path):

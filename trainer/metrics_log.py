@@ -28,6 +28,10 @@ SCORER_WAIT_S = "scorer_wait_s"  # time the step waited for scores
 LR = "lr"
 
 
+class MetricsFormatError(ValueError):
+    """A metrics file that is not JSON lines; the message names the line."""
+
+
 class MetricsLog:
     """Appends one JSON object per `log` call to `path` (created with its parents)."""
 
@@ -85,5 +89,5 @@ def read_metrics(path: str | Path) -> list[dict]:
         except json.JSONDecodeError as exc:
             if n == len(lines):
                 break
-            raise ValueError(f"{path} line {n} is not valid JSON ({exc}); fix or delete that line") from None
+            raise MetricsFormatError(f"{path} line {n} is not valid JSON ({exc}); fix or delete that line") from None
     return records

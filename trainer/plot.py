@@ -5,9 +5,11 @@ other numeric keys (learning rate, evals, ...), against the global step. When a 
 logged a step twice, the later value wins.
 """
 
+import sys
 from pathlib import Path
 
 from . import metrics_log as m
+from .metrics_log import MetricsFormatError
 
 # figure name -> panels; each panel is (title, keys drawn on it)
 GROUPS = {
@@ -27,9 +29,18 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    for path in plot_run(args.run_dir):
+    try:
+        paths = plot_run(args.run_dir)
+    except (FileNotFoundError, NothingToPlot, MetricsFormatError) as exc:
+        print(f"tokenweight plot: error: {exc}", file=sys.stderr)
+        return 1
+    for path in paths:
         print(path)
     return 0
+
+
+class NothingToPlot(ValueError):
+    """The metrics file has no plottable records yet."""
 
 
 def collect_series(records: list[dict]) -> dict[str, tuple[list, list]]:
@@ -47,7 +58,7 @@ def collect_series(records: list[dict]) -> dict[str, tuple[list, list]]:
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:
-    """Write the figures; returns their paths. ValueError if there is nothing to plot."""
+    """Write the figures; returns their paths. NothingToPlot if there is nothing yet."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -59,7 +70,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         raise FileNotFoundError(f"{metrics} not found; pass the --out directory of a training run")
     series = collect_series(m.read_metrics(metrics))
     if not series:
-        raise ValueError(f"{metrics} has no numeric metrics with a {m.STEP!r} yet; plot again once the run has logged")
+        raise NothingToPlot(f"{metrics} has no numeric metrics with a {m.STEP!r} yet; plot again once the run has logged")
     figures = {name: [(t, [k for k in keys if k in series]) for t, keys in panels] for name, panels in GROUPS.items()}
     grouped = {k for panels in GROUPS.values() for _, keys in panels for k in keys}
     figures["other"] = [(key, [key]) for key in sorted(series) if key not in grouped]

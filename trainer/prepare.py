@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -47,10 +48,14 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    summary = prepare(
-        args.tokenizer, args.input, args.seq_len, args.out,
-        eos_token=args.eos_token, shard_sequences=args.shard_sequences,
-    )
+    try:
+        summary = prepare(
+            args.tokenizer, args.input, args.seq_len, args.out,
+            eos_token=args.eos_token, shard_sequences=args.shard_sequences,
+        )
+    except PrepareError as exc:
+        print(f"tokenweight prepare: error: {exc}", file=sys.stderr)
+        return 1
     print(
         f"wrote {summary['num_sequences']} sequences of {summary['seq_len']} tokens in "
         f"{len(summary['shards'])} shard(s) to {args.out} from {summary['stats']['documents']} "
