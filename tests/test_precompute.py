@@ -1,7 +1,16 @@
+"""precompute against real `tokenweight serve` processes (tiny CPU model, gRPC only)."""
+
+import argparse
+import re
+import subprocess
+import sys
+import threading
+
 import numpy as np
 import pytest
 
-from tokenweight.client.wire import ScoreResult, Scores
+from tokenweight.client import ScorerClient
+from tokenweight.trainer import precompute as precompute_mod
 from tokenweight.trainer.data import TokenShards
 from tokenweight.trainer.precompute import PrecomputeError, precompute
 from tokenweight.trainer.prepare import ShardWriter
@@ -10,35 +19,65 @@ from tokenweight.trainer.score_store import ScoreStore, ScoreStoreError
 SEQ_LEN, ROWS, WINDOW = 24, 10, 8
 
 
-class EngineClient:
-    """What precompute sees of a ScorerClient, answered by an in-process ScoringEngine.
+def launch_server(model_dir, window):
+    return subprocess.Popen(
+        [sys.executable, "-m", "tokenweight.cli", "serve", "--model", str(model_dir), "--window", str(window),
+         "--device", "cpu", "--grpc-port", "0", "--no-http"],
+        stderr=subprocess.PIPE, text=True,
+    )
 
-    Temporary: stands in for a real `tokenweight serve` until that command lands.
-    """
 
-    def __init__(self, engine, fail_after=None):
-        self.engine, self.fail_after, self.calls = engine, fail_after, 0
-        self.answered = {}  # token bytes -> the Scores handed back for that sequence
-
-    def score(self, sequences, window=None, stride=None, scorer=None, outputs=None):
-        self.calls += 1
-        if self.fail_after is not None and self.calls > self.fail_after:
-            raise ConnectionError("scorer went away")
-        k, s = self.engine.resolve(window, stride)
-        results = [Scores(None, r.logp_long, r.logp_short) for r in self.engine.score(sequences, k, s)]
-        for seq, result in zip(sequences, results):
-            self.answered[seq.tobytes()] = result
-        return ScoreResult(
-            request_id=str(self.calls), scorer=self.engine.name, fingerprint=self.engine.fingerprint(k, s),
-            window=k, stride=s, results=results,
-        )
+def wait_ready(proc) -> str:
+    """The gRPC URL of a launched `tokenweight serve`, once it logs that it is ready."""
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "ready:" in line:
+            break
+    else:
+        raise RuntimeError("tokenweight serve exited before it was ready:\n" + "".join(seen))
+    # keep reading its log so the pipe never fills and blocks the server
+    threading.Thread(target=proc.stderr.read, daemon=True).start()
+    return "grpc://127.0.0.1:" + re.search(r"grpc=[^ ]+:(\d+)", line).group(1)
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_model_dir):
-    from tokenweight.service.engine import ScoringEngine
+def servers(tiny_model_dir):
+    """Two scorers on the same model: window 8 (`url`) and window 12 (`other_url`)."""
+    procs = [launch_server(tiny_model_dir, WINDOW), launch_server(tiny_model_dir, 12)]  # start in parallel
+    try:
+        yield argparse.Namespace(url=wait_ready(procs[0]), other_url=wait_ready(procs[1]))
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(30)
 
-    return ScoringEngine.from_pretrained(tiny_model_dir, device="cpu", window=WINDOW)
+
+class Recorder:
+    """Passes calls to a ScorerClient, keeping every answer; can fail after some calls."""
+
+    def __init__(self, client, fail_after=None):
+        self.client, self.fail_after, self.calls = client, fail_after, 0
+        self.answered = {}  # token bytes -> the Scores the service returned for that sequence
+        self.lock = threading.Lock()
+
+    def score(self, sequences, **kwargs):
+        with self.lock:
+            self.calls += 1
+            if self.fail_after is not None and self.calls > self.fail_after:
+                raise ConnectionError("scorer went away")
+        result = self.client.score(sequences, **kwargs)
+        with self.lock:
+            for seq, scores in zip(sequences, result.results):
+                self.answered[seq.tobytes()] = scores
+        return result
+
+
+@pytest.fixture
+def client(servers):
+    with ScorerClient(servers.url) as c:
+        yield c
 
 
 def make_data(path, seed=0):
@@ -50,65 +89,72 @@ def make_data(path, seed=0):
     return TokenShards(path)
 
 
-def test_store_holds_exactly_the_service_scores(engine, tmp_path):
+def test_store_holds_exactly_the_service_scores(client, tmp_path):
     shards = make_data(tmp_path / "data")
-    client = EngineClient(engine)
-    meta = precompute(shards, client, tmp_path / "store", batch_size=3, concurrency=2, progress=False)
-    assert (meta.window, meta.stride, meta.fingerprint) == (WINDOW, 6, engine.fingerprint())
-    store = ScoreStore.open(tmp_path / "store", shards.content_hash, engine.fingerprint())
+    recorder = Recorder(client)
+    meta = precompute(shards, recorder, tmp_path / "store", batch_size=3, concurrency=2, progress=False)
+    fingerprint = client.list_scorers()[0].fingerprint
+    assert (meta.window, meta.stride, meta.fingerprint, meta.scorer) == (WINDOW, 6, fingerprint, "default")
+    store = ScoreStore.open(tmp_path / "store", shards.content_hash, fingerprint)
     indices = np.array([9, 0, 4])
     long, short = store.get(indices)
-    answered = [client.answered[row.tobytes()] for row in shards.take(indices)]
+    answered = [recorder.answered[row.tobytes()] for row in shards.take(indices)]
     np.testing.assert_array_equal(long, np.stack([r.logp_long for r in answered]))  # bit for bit
     np.testing.assert_array_equal(short, np.stack([r.logp_short for r in answered]))
     assert not np.array_equal(long[:, WINDOW:], short[:, WINDOW:])  # chunks really ran
-    # and the scores are the engine's, whatever batch they were computed in
-    direct = engine.score(list(shards.take(indices)))
-    np.testing.assert_allclose(short, np.stack([r.logp_short for r in direct]), rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(long[:, : WINDOW - 1], short[:, : WINDOW - 1])  # t < k: contrast 0
 
 
-def test_interrupted_precompute_resumes(engine, tmp_path):
+def test_interrupted_precompute_resumes(client, tmp_path):
     shards = make_data(tmp_path / "data")
-    flaky = EngineClient(engine, fail_after=2)
     with pytest.raises(ConnectionError):
-        precompute(shards, flaky, tmp_path / "store", batch_size=2, concurrency=1, progress=False)
+        precompute(shards, Recorder(client, fail_after=2), tmp_path / "store", batch_size=2, concurrency=1, progress=False)
     with ScoreStore.open(tmp_path / "store", shards.content_hash) as partial:
         done_before = partial.num_done
     assert 0 < done_before < ROWS
-    resumed = EngineClient(engine)
+    resumed = Recorder(client)
     precompute(shards, resumed, tmp_path / "store", batch_size=2, concurrency=1, progress=False)
     assert resumed.calls == -(-(ROWS - done_before) // 2)  # only the missing rows were scored
-    fresh = EngineClient(engine)
-    precompute(shards, fresh, tmp_path / "fresh", batch_size=5, concurrency=2, progress=False)
+    precompute(shards, client, tmp_path / "fresh", batch_size=5, concurrency=2, progress=False)
     a = ScoreStore.open(tmp_path / "store", shards.content_hash)
     b = ScoreStore.open(tmp_path / "fresh", shards.content_hash)
-    all_rows = np.arange(ROWS)
-    # same scores whether resumed or not (batch composition differs: float rounding only)
-    np.testing.assert_allclose(a.get(all_rows)[1], b.get(all_rows)[1], rtol=0, atol=1e-5)
-    again = EngineClient(engine)
+    rows = np.arange(ROWS)
+    # the same scores whether resumed or not (up to float rounding: other batch compositions)
+    np.testing.assert_allclose(a.get(rows)[1], b.get(rows)[1], rtol=0, atol=1e-5)
+    again = Recorder(client)
     precompute(shards, again, tmp_path / "store", progress=False)
     assert again.calls == 0  # complete: nothing to do
 
 
-def test_resume_refuses_another_scorer_or_data(engine, tmp_path):
+def test_resume_refuses_another_scorer_or_data(client, tmp_path):
     shards = make_data(tmp_path / "data")
-    client = EngineClient(engine, fail_after=1)
     with pytest.raises(ConnectionError):
-        precompute(shards, client, tmp_path / "store", batch_size=2, concurrency=1, progress=False)
+        precompute(shards, Recorder(client, fail_after=1), tmp_path / "store", batch_size=2, concurrency=1, progress=False)
     with pytest.raises(ScoreStoreError, match="fingerprint"):
-        precompute(shards, EngineClient(engine), tmp_path / "store", window=12, progress=False)
+        precompute(shards, client, tmp_path / "store", window=12, progress=False)
     other = make_data(tmp_path / "other", seed=1)
     with pytest.raises(ScoreStoreError, match="other data"):
-        precompute(other, EngineClient(engine), tmp_path / "store", progress=False)
+        precompute(other, client, tmp_path / "store", progress=False)
 
 
-def test_mixed_scorers_are_refused(engine, tmp_path):
+def test_cli_with_two_urls(servers, tmp_path, capsys):
     shards = make_data(tmp_path / "data")
+    parser = argparse.ArgumentParser()
+    precompute_mod.add_arguments(parser)
+    argv = ["--data", str(shards.path), "--out", str(tmp_path / "store"), "--batch-size", "2"]
+    # the same scorer twice: requests spread over both entries
+    assert precompute_mod.run(parser.parse_args([*argv, "--scorer-url", f"{servers.url},{servers.url}"])) == 0
+    assert "all 10 sequences" in capsys.readouterr().out
+    assert ScoreStore.open(tmp_path / "store", shards.content_hash).complete
+    # scorers with different settings behind one URL list: refused, not mixed into one store
+    argv[3] = str(tmp_path / "mixed")
+    assert precompute_mod.run(parser.parse_args([*argv, "--scorer-url", f"{servers.url},{servers.other_url}"])) == 1
+    assert "different models or settings" in capsys.readouterr().err
 
-    class Mixed(EngineClient):
-        def score(self, sequences, window=None, stride=None, scorer=None, outputs=None):
-            # every other request lands on a server with other settings
-            return super().score(sequences, window=None if self.calls % 2 else 12)
 
-    with pytest.raises(PrecomputeError, match="different models or settings"):
-        precompute(shards, Mixed(engine), tmp_path / "store", batch_size=2, concurrency=1, progress=False)
+def test_rows_longer_than_the_scorer_accepts(client, tmp_path):
+    shards = make_data(tmp_path / "data")
+    with pytest.raises(PrecomputeError, match="smaller --seq-len"):
+        precompute_mod._find_scorer(client, None, 4096)
+    with pytest.raises(PrecomputeError, match="no scorer 'nope'"):
+        precompute_mod._find_scorer(client, "nope", shards.seq_len)
