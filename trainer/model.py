@@ -1,0 +1,94 @@
+"""The model being trained: a local Hugging Face causal LM, its context extension, and the
+training forward (hidden states only; the chunked loss applies the LM head).
+"""
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+from tokenweight.service.loading import ModelLoadError
+from tokenweight.service.logprobs import base_hidden_states
+
+
+def extend_context(config, seq_len: int | None, rope_theta: float | None) -> None:
+    """Grow the config's max positions to `seq_len` and set a new RoPE base, in place.
+
+    The RoPE base lives in `config.rope_parameters` (transformers 5); models with one RoPE
+    per attention type keep a dict of such dicts, and each gets the new base.
+    """
+    if seq_len is not None and seq_len > (getattr(config, "max_position_embeddings", None) or 0):
+        config.max_position_embeddings = seq_len
+    if rope_theta is None:
+        return
+    params = getattr(config, "rope_parameters", None)
+    if not isinstance(params, dict):
+        raise ModelLoadError(f"{type(config).__name__} has no rope_parameters: --rope-theta needs a RoPE model")
+    nested = [v for v in params.values() if isinstance(v, dict)]
+    for entry in nested or [params]:
+        entry["rope_theta"] = rope_theta
+
+
+def load_model(path: str | Path, seq_len: int | None, rope_theta: float | None) -> nn.Module:
+    """fp32 master weights on CPU, in train mode; the parallel wrapper moves them to the device.
+
+    Same safety rules as the service (service/loading.py): local directory, safetensors only,
+    no remote code.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path} is not a Hugging Face checkpoint directory (no config.json)")
+    if not any(path.glob("*.safetensors")):
+        raise ModelLoadError(f"{path} has no safetensors weights; convert it with save_pretrained(safe_serialization=True)")
+    config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    extend_context(config, seq_len, rope_theta)
+    model = AutoModelForCausalLM.from_pretrained(
+        path,
+        config=config,
+        dtype=torch.float32,
+        local_files_only=True,
+        trust_remote_code=False,
+        use_safetensors=True,
+        attn_implementation="sdpa",
+    )
+    return model.train()
+
+
+def decoder_layers(lm: nn.Module) -> nn.ModuleList:
+    """The repeated blocks: the unit of activation checkpointing and of FSDP sharding."""
+    layers = getattr(lm.base_model, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ModelLoadError(
+            f"{type(lm).__name__} keeps no decoder layers at base_model.layers; the trainer "
+            "supports Llama-style models (Llama, Mistral, Qwen2, ...)"
+        )
+    return layers
+
+
+def apply_activation_checkpointing(lm: nn.Module) -> None:
+    """Wrap each decoder layer so only its input is kept and its inside is recomputed.
+
+    Applied before FSDP, as torchtitan does, so each sharded unit is a checkpointed layer.
+    """
+    layers = decoder_layers(lm)
+    for i, layer in enumerate(layers):
+        layers[i] = checkpoint_wrapper(layer)
+
+
+class HiddenStates(nn.Module):
+    """The training forward: last hidden states [B, T, d], no logits.
+
+    Full fp32 logits of a long sequence would not fit, so the LM head runs inside the chunked
+    loss instead. Being the module that DDP/FSDP wrap at the root, its forward is what
+    unshards the root-level parameters (embeddings, final norm, LM head) under FSDP.
+    """
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return base_hidden_states(self.lm, input_ids)
