@@ -83,12 +83,11 @@ def prepare(tokenizer_path, inputs, seq_len: int, out, *, eos_token=None, shard_
     total_bytes = sum(p.stat().st_size for p in inputs)
     with tqdm(total=total_bytes, unit="B", unit_scale=True, desc="prepare", disable=not progress) as bar:
         for path in inputs:
-            for texts in _batched(iter_documents(path), ENCODE_BATCH):
+            for texts in _batched(iter_documents(path, bar.update), ENCODE_BATCH):
                 for ids in tok.encode_documents(texts):
                     writer.add(ids)
                 documents += len(texts)
-                bar.set_postfix(docs=documents, rows=writer.rows_written, refresh=False)
-            bar.update(path.stat().st_size)
+                bar.set_postfix_str(f"docs={documents} rows={writer.rows_written}", refresh=False)
     meta = {
         "vocab_size": tok.vocab_size,
         "eos_token_id": tok.eos_id,
@@ -159,36 +158,47 @@ def load_tokenizer(path, eos_token: str | None = None) -> DocumentTokenizer:
     return DocumentTokenizer(backend, eos_id, backend.get_vocab_size(with_added_tokens=True))
 
 
-def iter_documents(path: Path):
-    """Document texts of one input file, in order; empty documents are skipped."""
+def iter_documents(path: Path, on_bytes=lambda n: None):
+    """Document texts of one input file, in order; empty documents are skipped.
+
+    `on_bytes(n)` is told how many bytes of the file have been read since its last call
+    (per line for JSON lines), for a progress bar.
+    """
     if path.suffix not in (".jsonl", ".json"):
         text = path.read_text(encoding="utf-8")
+        on_bytes(path.stat().st_size)
         if text:
             yield text
         return
-    with path.open(encoding="utf-8") as f:
+    with path.open("rb") as f:
         first = f.read(1)
         while first.isspace():
             first = f.read(1)
         f.seek(0)
-        if first == "[":
+        if first == b"[":
             records = enumerate(json.load(f), 1)
+            on_bytes(path.stat().st_size)
             where = "item"
         else:
-            records = ((n, _parse_line(path, n, line)) for n, line in enumerate(f, 1) if line.strip())
+            records = ((n, _parse_line(path, n, line, on_bytes)) for n, line in enumerate(f, 1))
             where = "line"
         for n, record in records:
+            if record is None:  # blank line
+                continue
             if not isinstance(record, dict) or not isinstance(record.get("text"), str):
                 raise PrepareError(f'{path} {where} {n}: expected an object with a string "text" field')
             if record["text"]:
                 yield record["text"]
 
 
-def _parse_line(path: Path, n: int, line: str):
+def _parse_line(path: Path, n: int, line: bytes, on_bytes):
+    on_bytes(len(line))
+    if not line.strip():
+        return None
     try:
         return json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise PrepareError(f"{path} line {n} is not valid JSON ({exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PrepareError(f"{path} line {n} is not valid UTF-8 JSON ({exc})") from None
 
 
 def _batched(items, size: int):
