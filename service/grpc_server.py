@@ -5,6 +5,7 @@ metrics are interceptors.
 """
 
 import asyncio
+import inspect
 import logging
 import time
 from pathlib import Path
@@ -130,8 +131,12 @@ class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
         async def stream(request_iterator, context):
             start = time.perf_counter()
             try:
-                async for response in behavior(request_iterator, context):
-                    yield response
+                responses = behavior(request_iterator, context)
+                if inspect.isasyncgen(responses):
+                    async for response in responses:
+                        yield response
+                else:  # a handler that writes with context.write (or only aborts)
+                    await responses
             except BaseException as exc:
                 record(context, exc, start)
                 raise

@@ -49,7 +49,7 @@ _SCORE_OPENAPI = {
 
 def body_limit(config: ServerConfig) -> int:
     """Bytes of the largest score body accepted: ~12 characters per token id in JSON."""
-    return 16 * config.max_request_tokens + 8 * config.max_sequences + (1 << 20)
+    return 16 * config.max_request_tokens + 8 * config.max_sequences + (64 << 10)
 
 
 def _is_msgpack(header: str | None) -> bool:

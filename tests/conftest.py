@@ -70,3 +70,91 @@ def tiny_model_dir(tmp_path_factory):
 def tiny_short_model_dir(tmp_path_factory):
     """A second tiny Llama with the same tokenizer, to serve as a separate short model."""
     return _save_tiny_llama(tmp_path_factory.mktemp("tiny") / "short", seed=1, layers=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_scorers(tiny_model_dir, tiny_short_model_dir):
+    """Loaded scorers shared by the in-process servers: 'tiny' (one model, the default) and
+    'pair' (the same long model plus a separate short model, loaded once)."""
+    from tokenweight.service.config import ScorerConfig
+    from tokenweight.service.scorers import load_scorers
+
+    return load_scorers(
+        [
+            ScorerConfig("tiny", str(tiny_model_dir), window=8, device="cpu", dtype="float32"),
+            ScorerConfig(
+                "pair", str(tiny_model_dir), str(tiny_short_model_dir), window=16, stride=4,
+                device="cpu", dtype="float32",
+            ),
+        ]
+    )
+
+
+class ThreadedServer:
+    """A real ScorerServer (gRPC + uvicorn on 127.0.0.1, ephemeral ports) on its own event
+    loop in a background thread, so tests can use ordinary blocking clients."""
+
+    def __init__(self, scorers, load: bool = True, **server):
+        import asyncio
+        import threading
+
+        from tokenweight.service.config import ScorerConfig, ServeConfig, ServerConfig
+        from tokenweight.service.runner import ScorerServer
+
+        configs = [s.config for s in scorers.values()] or [ScorerConfig("none", "/nonexistent")]
+        settings = {"host": "127.0.0.1", "grpc_port": 0, "http_port": 0, "grace_s": 5.0} | server
+        self.server = ScorerServer(ServeConfig(configs, configs[0].name, ServerConfig(**settings)))
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.call(self.server.start())
+        if load:
+            self.call(self.server.load(scorers))
+        self.scorers = scorers
+
+    def call(self, coro, timeout: float = 30):
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.server.grpc.port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.http.port}"
+
+    def channel(self, **options):
+        import grpc
+
+        opts = [("grpc.enable_http_proxy", 0)] + list(options.items())
+        return grpc.insecure_channel(self.grpc_target, options=opts)
+
+    def http(self, **kwargs):
+        import httpx
+
+        return httpx.Client(base_url=self.http_url, trust_env=False, timeout=30, **kwargs)
+
+    def metric(self, name: str, **labels) -> float:
+        value = self.server.metrics.registry.get_sample_value(name, labels or None)
+        return value or 0.0
+
+    def close(self):
+        self.call(self.server.shutdown(grace=5))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_scorers):
+    """A server hosting the tiny scorers with default settings, shared by a test module."""
+    with ThreadedServer(tiny_scorers) as srv:
+        yield srv
