@@ -123,7 +123,9 @@ def test_interrupted_precompute_resumes(client, tmp_path):
     np.testing.assert_allclose(a.get(rows)[1], b.get(rows)[1], rtol=0, atol=1e-5)
     again = Recorder(client)
     precompute(shards, again, tmp_path / "store", progress=False)
-    assert again.calls == 0  # complete: nothing to do
+    assert again.calls == 1  # complete: only a probe that the scorer is still the same
+    with pytest.raises(ScoreStoreError, match="is complete"):
+        precompute(shards, client, tmp_path / "store", window=12, progress=False)
 
 
 def test_resume_refuses_another_scorer_or_data(client, tmp_path):

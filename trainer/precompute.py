@@ -96,6 +96,14 @@ def precompute(
     todo = _todo(out, existing, len(shards))
     batches = [todo[i : i + batch_size] for i in range(0, todo.size, batch_size)]
     if not batches:
+        # Complete already; still make sure the scorer asked for is the one that made it.
+        probe = score(np.zeros(1, dtype=np.int64))[1]
+        if _identity(probe) != _identity(existing):
+            raise ScoreStoreError(
+                f"score store {out} is complete, made with (fingerprint, scorer, window, stride) = "
+                f"{_identity(existing)}, but the scorer now answers {_identity(probe)}; use a new "
+                "--out for these settings"
+            )
         return existing
     first_indices, first = score(batches[0])
     with ScoreStore.create_or_resume(out, _meta_from(first, shards)) as store:
@@ -142,10 +150,14 @@ def _meta_from(result, shards: TokenShards) -> StoreMeta:
     )
 
 
-def _write(store: ScoreStore, indices: np.ndarray, result) -> None:
-    meta = store.meta
-    answered = (result.fingerprint, result.scorer, result.window, result.stride)
-    if answered != (meta.fingerprint, meta.scorer, meta.window, meta.stride):
+def _identity(answer_or_meta) -> tuple:
+    """What must agree between a scorer's answer (ScoreResult) and a store (StoreMeta)."""
+    x = answer_or_meta
+    return (x.fingerprint, x.scorer, x.window, x.stride)
+
+
+def _check_answer(result, meta: StoreMeta) -> None:
+    if _identity(result) != _identity(meta):
         raise PrecomputeError(
             f"a scorer answered with fingerprint {result.fingerprint}, scorer {result.scorer!r}, "
             f"window {result.window}, stride {result.stride}, but the store holds "
@@ -153,6 +165,10 @@ def _write(store: ScoreStore, indices: np.ndarray, result) -> None:
             "--scorer-url servers running different models or settings? Point precompute at "
             "identical scorers"
         )
+
+
+def _write(store: ScoreStore, indices: np.ndarray, result) -> None:
+    _check_answer(result, store.meta)
     if len(result.results) != indices.size:
         raise PrecomputeError(f"the scorer returned {len(result.results)} results for {indices.size} sequences")
     store.put(

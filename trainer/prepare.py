@@ -4,7 +4,8 @@ Each document is encoded with the tokenizer's own special-token template
 (`add_special_tokens=True`, as a Hugging Face causal-LM data pipeline calls it): a Llama-style
 tokenizer puts BOS in front of every document, a GPT-2-style one adds nothing. EOS then closes
 every document (unless the template already ended it with EOS), so the model learns where
-documents end. Documents are concatenated and cut into rows of exactly `seq_len` tokens; the
+documents end. `index.json` records both ids (`bos_token_id` is null when the template adds
+none). Documents are concatenated and cut into rows of exactly `seq_len` tokens; the
 tail that does not fill a row is dropped and reported. Rows therefore cross document
 boundaries and only some start with BOS.
 
@@ -31,7 +32,8 @@ SHARD_PATTERN = "shard-*.bin"
 STAGING_DIR = ".prepare-staging"
 ENCODE_BATCH = 256  # documents per tokenizer call; the Rust side parallelizes within a call
 DEFAULT_SHARD_SEQUENCES = 65536
-EOS_NAMES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "<|eot_id|>", "[SEP]")
+# Tried in order when a bare tokenizer.json (which names no EOS) is given without --eos-token.
+EOS_NAMES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>")
 
 
 class PrepareError(ValueError):
@@ -60,7 +62,8 @@ def run(args) -> int:
         f"wrote {summary['num_sequences']} sequences of {summary['seq_len']} tokens in "
         f"{len(summary['shards'])} shard(s) to {args.out} from {summary['stats']['documents']} "
         f"documents ({summary['stats']['tokens']} tokens); dropped the last "
-        f"{summary['stats']['dropped_tokens']} tokens that did not fill a row"
+        f"{summary['stats']['dropped_tokens']} tokens that did not fill a row. Documents end with "
+        f"EOS {summary['stats']['eos_token']!r} (id {summary['eos_token_id']}); BOS id: {summary['bos_token_id']}"
     )
     return 0
 
@@ -96,16 +99,18 @@ def prepare(tokenizer_path, inputs, seq_len: int, out, *, eos_token=None, shard_
         "inputs": [{"path": str(p), "sha256": _file_sha256(p)} for p in inputs],
     }
     index = writer.finish(meta)
-    index["stats"] = {"documents": documents, "tokens": writer.tokens_seen, "dropped_tokens": writer.dropped}
+    index["stats"] = {
+        "documents": documents, "tokens": writer.tokens_seen, "dropped_tokens": writer.dropped, "eos_token": tok.eos_token,
+    }
     return index
 
 
 class DocumentTokenizer:
     """A `tokenizers.Tokenizer` plus the EOS/BOS conventions described in the module doc."""
 
-    def __init__(self, backend, eos_id: int, vocab_size: int):
+    def __init__(self, backend, eos_token: str, eos_id: int, vocab_size: int):
         self.backend = backend
-        self.eos_id = eos_id
+        self.eos_token, self.eos_id = eos_token, eos_id
         self.vocab_size = vocab_size
         self.bos_id = self._template_bos()
 
@@ -155,7 +160,7 @@ def load_tokenizer(path, eos_token: str | None = None) -> DocumentTokenizer:
     eos_id = backend.token_to_id(name)
     if eos_id is None:
         raise PrepareError(f"EOS token {name!r} is not in the vocabulary of {path}")
-    return DocumentTokenizer(backend, eos_id, backend.get_vocab_size(with_added_tokens=True))
+    return DocumentTokenizer(backend, name, eos_id, backend.get_vocab_size(with_added_tokens=True))
 
 
 def iter_documents(path: Path, on_bytes=lambda n: None):
@@ -326,9 +331,9 @@ def _check_out_dir(out: Path) -> None:
         )
 
 
-def write_json_atomic(path: Path, obj: dict, tmp_dir: Path | None = None) -> None:
-    """Write JSON to a temp file (in `tmp_dir`, same filesystem), fsync, rename over `path`."""
-    tmp = (tmp_dir or path.parent) / f".{path.name}.tmp-{os.getpid()}"
+def write_json_atomic(path: Path, obj: dict, tmp_dir: Path) -> None:
+    """Write JSON to a temp file in `tmp_dir` (same filesystem), fsync, rename over `path`."""
+    tmp = tmp_dir / f".{path.name}.tmp-{os.getpid()}"
     with tmp.open("w") as f:
         json.dump(obj, f, indent=2)
         f.write("\n")
