@@ -15,7 +15,6 @@ together before it is handed out: a batch is never trained with another batch's 
 
 import logging
 import time
-from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -62,57 +61,63 @@ class NoScores:
 class ServiceSource:
     """`service` / `hybrid`: scores from `tokenweight serve`, `depth` batches in flight.
 
-    Each batch is one ScoreRequest on a pipelined ScoreStream (`ScorerClient.score_many`),
-    whose responses come back in request order; the client retries and fails over on its
-    own, logging each retry, so an outage only makes the trainer wait. The scorer's
-    fingerprint, window and stride are pinned by the first response: a scorer restarted
-    with another model or settings stops the run instead of silently changing the weights.
+    The client's Prefetcher scores the next `depth` batches in background threads while the
+    trainer steps, and hands them back in order, each with its own batch. The client retries
+    and fails over on its own; each retry is logged here, so an outage only makes the trainer
+    wait and say so. The scorer's fingerprint, window and stride are pinned by the first
+    response: a scorer restarted with another model or settings stops the run instead of
+    silently changing the weights.
     """
 
     def __init__(self, urls: str, *, hybrid: bool, window: int | None, stride: int | None, scorer: str, depth: int, retry_for: float):
         from tokenweight.client.grpc_client import ScorerClient
         from tokenweight.client.retry import RetryPolicy
 
-        self.client = ScorerClient(urls, retry=RetryPolicy.for_duration(retry_for, on_retry=self._on_retry))
+        # Backoff capped at a few seconds: an idle trainer should notice a restarted scorer soon.
+        retry = RetryPolicy.for_duration(retry_for, max_backoff=3.0, on_retry=self._on_retry)
+        self.client = ScorerClient(urls, retry=retry)
         self.long_from_model = hybrid
         self.short_from_model = False
         # hybrid asks for logp_short alone, which lets the scorer skip its long pass.
         self.outputs = ("logp_short",) if hybrid else ("logp_long", "logp_short")
         self.window, self.stride, self.scorer, self.depth = window, stride, scorer, depth
         self.pinned: tuple[str, int, int] | None = None
-        self.outage_since: float | None = None
+        self._outage_since: float | None = None
 
     def _on_retry(self, event) -> None:
-        if self.outage_since is None:
-            self.outage_since = time.monotonic() - event.elapsed
+        if self._outage_since is None:
+            self._outage_since = time.monotonic() - event.elapsed
         log.warning(
             "scorer unreachable (attempt %d, %.1f s so far): %s; retrying in %.2f s. Training "
             "waits for this batch's scores; no batch is skipped",
             event.attempt, event.elapsed, event.error, event.delay,
         )
 
-    def scored(self, batches: Iterable[Batch]) -> Iterator[tuple[Batch, BatchScores]]:
-        sent: deque[tuple[Batch, str]] = deque()
-
-        def requests():
-            for batch in batches:
-                sent.append((batch, batch_token_hash(batch.tokens)))
-                yield list(batch.tokens)
-
-        results = self.client.score_many(
-            requests(),
-            window=self.window,
-            stride=self.stride,
-            scorer=self.scorer or None,
-            outputs=self.outputs,
-            max_in_flight=self.depth,
+    def _score(self, batch: Batch):
+        # The hash of exactly the tokens sent travels with the answer, to be checked
+        # against the batch the trainer is about to train on.
+        token_hash = batch_token_hash(batch.tokens)
+        result = self.client.score(
+            list(batch.tokens), window=self.window, stride=self.stride, scorer=self.scorer or None, outputs=self.outputs
         )
-        for result in results:
-            if self.outage_since is not None:
-                log.warning("scorer answering again after %.1f s; training continues", time.monotonic() - self.outage_since)
-                self.outage_since = None
-            batch, token_hash = sent.popleft()
-            yield batch, self._check(batch, token_hash, result)
+        return token_hash, result
+
+    def scored(self, batches: Iterable[Batch]) -> Iterator[tuple[Batch, BatchScores]]:
+        from tokenweight.client.prefetch import BatchScoringError, Prefetcher
+
+        with Prefetcher(batches, self._score, depth=self.depth) as prefetched:
+            while True:
+                try:
+                    batch, (token_hash, result) = next(prefetched)
+                except BatchScoringError as exc:
+                    raise RuntimeError(
+                        f"{exc}. The run stops here; once the scorer is back, continue from the last "
+                        "checkpoint with --resume auto"
+                    ) from exc
+                if self._outage_since is not None:
+                    log.warning("scorer answering again after %.1f s; training continues", time.monotonic() - self._outage_since)
+                    self._outage_since = None
+                yield batch, self._check(batch, token_hash, result)
 
     def _check(self, batch: Batch, token_hash: str, result) -> BatchScores:
         where = f"batch of data step {batch.step} (sequences {batch.indices[:4].tolist()}...)"
