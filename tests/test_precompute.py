@@ -160,3 +160,19 @@ def test_rows_longer_than_the_scorer_accepts(client, tmp_path):
         precompute_mod._find_scorer(client, None, 4096)
     with pytest.raises(PrecomputeError, match="no scorer 'nope'"):
         precompute_mod._find_scorer(client, "nope", shards.seq_len)
+
+
+def test_unreachable_scorer_is_reported(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    shards = make_data(tmp_path / "data")
+    parser = argparse.ArgumentParser()
+    precompute_mod.add_arguments(parser)
+    args = parser.parse_args(["--data", str(shards.path), "--out", str(tmp_path / "store"),
+                              "--scorer-url", f"grpc://127.0.0.1:{port}", "--retry-for", "0.5"])
+    assert precompute_mod.run(args) == 1
+    assert "UNAVAILABLE" in capsys.readouterr().err
+    assert not (tmp_path / "store").exists()  # nothing written

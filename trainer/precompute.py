@@ -36,14 +36,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, help="sequences per request (default: what fits the server's request limit, at most 8)")
     parser.add_argument("--concurrency", type=int, help="requests in flight (default: 4 per URL)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per request attempt")
+    parser.add_argument("--retry-for", type=float, default=600.0, help="keep retrying an unreachable or busy scorer this many seconds (logged) before giving up; rerun to resume")
 
 
 def run(args) -> int:
-    from tokenweight.client import ScorerClient, ScorerError
+    import logging
 
+    from tokenweight.client import RetryPolicy, ScorerClient, ScorerError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # retries are logged
     urls = [u.strip() for u in args.scorer_url.split(",") if u.strip()]
     try:
-        with ScorerClient(urls, timeout=args.timeout) as client:
+        with ScorerClient(urls, timeout=args.timeout, retry=RetryPolicy.for_duration(args.retry_for)) as client:
             shards = TokenShards(args.data)
             info = _find_scorer(client, args.scorer, shards.seq_len)
             batch_size = args.batch_size or _batch_size_for(info, shards.seq_len)
