@@ -1,0 +1,95 @@
+"""`tokenweight serve` as a real process: ready line, SIGTERM drain, exit codes."""
+
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tokenweight.client import wire
+from tokenweight.v1 import scorer_pb2_grpc
+
+READY = re.compile(r"ready: grpc=127\.0\.0\.1:(\d+) http=127\.0\.0\.1:(\d+)")
+
+
+class ServeProcess:
+    def __init__(self, *args: str, timeout: float = 60):
+        cmd = [sys.executable, "-m", "tokenweight.cli", "serve", "--host", "127.0.0.1",
+               "--grpc-port", "0", "--http-port", "0", *args]
+        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._ready.wait(timeout):
+            self.kill()
+            pytest.fail("server never logged ready:\n" + "".join(self.lines))
+        self.grpc_port, self.http_port = map(int, READY.search("".join(self.lines)).groups())
+
+    def _read(self):
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            if READY.search(line):
+                self._ready.set()
+
+    def channel(self):
+        return grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}", options=[("grpc.enable_http_proxy", 0)])
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def test_no_model_is_a_clear_error():
+    result = subprocess.run(
+        [sys.executable, "-m", "tokenweight.cli", "serve"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "no model given: pass --model PATH" in result.stderr and "--config FILE" in result.stderr
+
+
+def test_sigterm_drains_in_flight_request_then_exits_0(tmp_path, tiny_model_dir):
+    config = tmp_path / "serve.toml"
+    config.write_text(f'[[scorers]]\nname = "main"\nmodel = "{tiny_model_dir}"\nwindow = 16\ndevice = "cpu"\n')
+    server = ServeProcess("--config", str(config), "--max-wait-ms", "0", "--grace", "30")
+    try:
+        with server.channel() as channel:
+            stub = scorer_pb2_grpc.ScorerStub(channel)
+            health = health_pb2_grpc.HealthStub(channel)
+            assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+            # Genuinely heavy on CPU: stride 1 makes one short-context pass per target (~2 s).
+            rng = np.random.default_rng(0)
+            heavy = [rng.integers(3, 300, 512) for _ in range(16)]
+            in_flight = stub.Score.future(wire.build_request(heavy, window=16, stride=1), timeout=60)
+            metrics = f"http://127.0.0.1:{server.http_port}/metrics"
+            deadline = time.monotonic() + 20
+            while 'tokenweight_engine_batches_total{scorer="main"} 1.0' not in httpx.get(metrics, trust_env=False).text:
+                assert time.monotonic() < deadline and not in_flight.done()
+                time.sleep(0.02)
+            server.proc.send_signal(signal.SIGTERM)
+
+            deadline = time.monotonic() + 10
+            while True:  # the signal lands within milliseconds; from then on, refusals
+                try:
+                    stub.Score(wire.build_request([[1, 2, 3]]), timeout=5)
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+                    break
+                assert time.monotonic() < deadline
+            assert not in_flight.done(), "the heavy request should still be in flight"
+            assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+            parsed = wire.parse_response(in_flight.result(timeout=60))
+            assert [r.score.size for r in parsed.results] == [511] * 16
+        assert server.proc.wait(30) == 0
+        log = "".join(server.lines)
+        assert "draining" in log and "stopped" in log and "did not finish" not in log
+    finally:
+        server.kill()
