@@ -153,11 +153,6 @@ class ScoreStore:
         return store
 
     @property
-    def done(self) -> np.ndarray:
-        """bool [num_sequences]: which rows are written (a copy)."""
-        return self._done.astype(bool)
-
-    @property
     def num_done(self) -> int:
         return int(np.count_nonzero(self._done))
 
