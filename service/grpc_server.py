@@ -71,13 +71,19 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             except ServiceError as exc:
                 code = grpc.StatusCode[exc.status]
                 response = wire.build_error_response(request.request_id, code, exc.message)
+            except Exception as exc:  # a bug must not take the other requests down with it
+                log.exception("ScoreStream request %r failed", request.request_id)
+                message = f"internal error: {type(exc).__name__}: {exc}"
+                response = wire.build_error_response(request.request_id, grpc.StatusCode.INTERNAL, message)
             await responses.put(response)
 
         async def read_all():
-            async with asyncio.TaskGroup() as tasks:
-                async for request in request_iterator:
-                    tasks.create_task(one(request))
-            await responses.put(None)
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    async for request in request_iterator:
+                        tasks.create_task(one(request))
+            finally:
+                responses.put_nowait(None)
 
         reader = asyncio.create_task(read_all())
         try:
