@@ -19,7 +19,15 @@ def make_dataset(path, num_sequences, shard_sequences=3, seq_len=SEQ_LEN):
     """Row i holds tokens i*seq_len .. (i+1)*seq_len-1, so a row names its own index."""
     writer = ShardWriter(path, seq_len, shard_sequences)
     writer.add(np.arange(num_sequences * seq_len + 1, dtype=np.int32))  # +1: a dropped tail
-    writer.finish({"vocab_size": None, "eos_token_id": 0, "bos_token_id": None, "tokenizer": "synthetic", "inputs": []})
+    writer.finish(
+        {
+            "vocab_size": None,
+            "eos_token_id": 0,
+            "bos_token_id": None,
+            "tokenizer": "synthetic",
+            "inputs": [],
+        }
+    )
     return TokenShards(path)
 
 

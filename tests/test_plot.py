@@ -12,9 +12,18 @@ def write_run(run_dir, steps=60):
     with MetricsLog(run_dir / "metrics.jsonl") as log:
         for step in range(steps):
             log.log(
-                {"step": step, "loss": np.float32(3 - step / steps), "loss_unweighted": 3.2 - step / steps},
-                weight_mean=1.0, weight_std=rng.random(), weight_max=np.float64(4.0), weight_nonzero=0.2,
-                tokens_per_s=1000 + rng.random(), scorer_wait_s=0.01, lr=1e-4,
+                {
+                    "step": step,
+                    "loss": np.float32(3 - step / steps),
+                    "loss_unweighted": 3.2 - step / steps,
+                },
+                weight_mean=1.0,
+                weight_std=rng.random(),
+                weight_max=np.float64(4.0),
+                weight_nonzero=0.2,
+                tokens_per_s=1000 + rng.random(),
+                scorer_wait_s=0.01,
+                lr=1e-4,
             )
         log.log(step=steps - 1, eval_ppl=12.5)
 
@@ -42,7 +51,9 @@ def test_read_metrics_tolerates_a_torn_last_line(tmp_path):
 
 
 def test_later_values_win_for_a_repeated_step():
-    series = plot.collect_series([{"step": 0, "loss": 3}, {"step": 1, "loss": 2}, {"step": 0, "loss": 5}])
+    series = plot.collect_series(
+        [{"step": 0, "loss": 3}, {"step": 1, "loss": 2}, {"step": 0, "loss": 5}]
+    )
     assert series["loss"] == ([0, 1], [5, 2])
 
 

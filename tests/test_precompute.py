@@ -21,9 +21,23 @@ SEQ_LEN, ROWS, WINDOW = 24, 10, 8
 
 def launch_server(model_dir, window):
     return subprocess.Popen(
-        [sys.executable, "-m", "tokenweight.cli", "serve", "--model", str(model_dir), "--window", str(window),
-         "--device", "cpu", "--grpc-port", "0", "--no-http"],
-        stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tokenweight.cli",
+            "serve",
+            "--model",
+            str(model_dir),
+            "--window",
+            str(window),
+            "--device",
+            "cpu",
+            "--grpc-port",
+            "0",
+            "--no-http",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -44,7 +58,10 @@ def wait_ready(proc) -> str:
 @pytest.fixture(scope="module")
 def servers(tiny_model_dir):
     """Two scorers on the same model: window 8 (`url`) and window 12 (`other_url`)."""
-    procs = [launch_server(tiny_model_dir, WINDOW), launch_server(tiny_model_dir, 12)]  # start in parallel
+    procs = [
+        launch_server(tiny_model_dir, WINDOW),
+        launch_server(tiny_model_dir, 12),
+    ]  # start in parallel
     try:
         yield argparse.Namespace(url=wait_ready(procs[0]), other_url=wait_ready(procs[1]))
     finally:
@@ -85,7 +102,9 @@ def make_data(path, seed=0):
     tokens[::SEQ_LEN] = 1  # every row starts with BOS, so chunks swap in BOS as well
     writer = ShardWriter(path, SEQ_LEN, shard_sequences=4)
     writer.add(tokens)
-    writer.finish({"vocab_size": 300, "eos_token_id": 2, "bos_token_id": 1, "tokenizer": "test", "inputs": []})
+    writer.finish(
+        {"vocab_size": 300, "eos_token_id": 2, "bos_token_id": 1, "tokenizer": "test", "inputs": []}
+    )
     return TokenShards(path)
 
 
@@ -94,7 +113,12 @@ def test_store_holds_exactly_the_service_scores(client, tmp_path):
     recorder = Recorder(client)
     meta = precompute(shards, recorder, tmp_path / "store", batch_size=3, concurrency=2, progress=False)
     fingerprint = client.list_scorers()[0].fingerprint
-    assert (meta.window, meta.stride, meta.fingerprint, meta.scorer) == (WINDOW, 6, fingerprint, "default")
+    assert (meta.window, meta.stride, meta.fingerprint, meta.scorer) == (
+        WINDOW,
+        6,
+        fingerprint,
+        "default",
+    )
     store = ScoreStore.open(tmp_path / "store", shards.content_hash, fingerprint)
     indices = np.array([9, 0, 4])
     long, short = store.get(indices)
@@ -108,7 +132,14 @@ def test_store_holds_exactly_the_service_scores(client, tmp_path):
 def test_interrupted_precompute_resumes(client, tmp_path):
     shards = make_data(tmp_path / "data")
     with pytest.raises(ConnectionError):
-        precompute(shards, Recorder(client, fail_after=2), tmp_path / "store", batch_size=2, concurrency=1, progress=False)
+        precompute(
+            shards,
+            Recorder(client, fail_after=2),
+            tmp_path / "store",
+            batch_size=2,
+            concurrency=1,
+            progress=False,
+        )
     with ScoreStore.open(tmp_path / "store", shards.content_hash) as partial:
         done_before = partial.num_done
     assert 0 < done_before < ROWS
@@ -131,7 +162,14 @@ def test_interrupted_precompute_resumes(client, tmp_path):
 def test_resume_refuses_another_scorer_or_data(client, tmp_path):
     shards = make_data(tmp_path / "data")
     with pytest.raises(ConnectionError):
-        precompute(shards, Recorder(client, fail_after=1), tmp_path / "store", batch_size=2, concurrency=1, progress=False)
+        precompute(
+            shards,
+            Recorder(client, fail_after=1),
+            tmp_path / "store",
+            batch_size=2,
+            concurrency=1,
+            progress=False,
+        )
     with pytest.raises(ScoreStoreError, match="fingerprint"):
         precompute(shards, client, tmp_path / "store", window=12, progress=False)
     other = make_data(tmp_path / "other", seed=1)
@@ -145,12 +183,20 @@ def test_cli_with_two_urls(servers, tmp_path, capsys):
     precompute_mod.add_arguments(parser)
     argv = ["--data", str(shards.path), "--out", str(tmp_path / "store"), "--batch-size", "2"]
     # the same scorer twice: requests spread over both entries
-    assert precompute_mod.run(parser.parse_args([*argv, "--scorer-url", f"{servers.url},{servers.url}"])) == 0
+    assert (
+        precompute_mod.run(parser.parse_args([*argv, "--scorer-url", f"{servers.url},{servers.url}"]))
+        == 0
+    )
     assert "all 10 sequences" in capsys.readouterr().out
     assert ScoreStore.open(tmp_path / "store", shards.content_hash).complete
     # scorers with different settings behind one URL list: refused, not mixed into one store
     argv[3] = str(tmp_path / "mixed")
-    assert precompute_mod.run(parser.parse_args([*argv, "--scorer-url", f"{servers.url},{servers.other_url}"])) == 1
+    assert (
+        precompute_mod.run(
+            parser.parse_args([*argv, "--scorer-url", f"{servers.url},{servers.other_url}"])
+        )
+        == 1
+    )
     assert "different models or settings" in capsys.readouterr().err
 
 
@@ -171,8 +217,18 @@ def test_unreachable_scorer_is_reported(tmp_path, capsys):
     shards = make_data(tmp_path / "data")
     parser = argparse.ArgumentParser()
     precompute_mod.add_arguments(parser)
-    args = parser.parse_args(["--data", str(shards.path), "--out", str(tmp_path / "store"),
-                              "--scorer-url", f"grpc://127.0.0.1:{port}", "--retry-for", "0.5"])
+    args = parser.parse_args(
+        [
+            "--data",
+            str(shards.path),
+            "--out",
+            str(tmp_path / "store"),
+            "--scorer-url",
+            f"grpc://127.0.0.1:{port}",
+            "--retry-for",
+            "0.5",
+        ]
+    )
     assert precompute_mod.run(args) == 1
     assert "UNAVAILABLE" in capsys.readouterr().err
     assert not (tmp_path / "store").exists()  # nothing written

@@ -10,7 +10,12 @@ from tokenweight.trainer.data import TokenShards
 from tokenweight.trainer.prepare import PrepareError, prepare
 
 EOS, BOS = "<|endoftext|>", "<s>"
-DOCS = ["héllo ünïcode ✓ first document\nwith two lines", "the quick brown fox", "jumps over the lazy dog", "hi"]
+DOCS = [
+    "héllo ünïcode ✓ first document\nwith two lines",
+    "the quick brown fox",
+    "jumps over the lazy dog",
+    "hi",
+]
 
 
 def _train_tokenizer(with_bos: bool):
@@ -35,7 +40,9 @@ def hf_tokenizer_dir(tmp_path_factory):
     from transformers import PreTrainedTokenizerFast
 
     path = tmp_path_factory.mktemp("tok") / "hf"
-    PreTrainedTokenizerFast(tokenizer_object=_train_tokenizer(True), bos_token=BOS, eos_token=EOS).save_pretrained(path)
+    PreTrainedTokenizerFast(
+        tokenizer_object=_train_tokenizer(True), bos_token=BOS, eos_token=EOS
+    ).save_pretrained(path)
     return path
 
 
@@ -117,7 +124,18 @@ def test_cli_entry(hf_tokenizer_dir, inputs, tmp_path, capsys):
     parser = argparse.ArgumentParser()
     prepare_mod.add_arguments(parser)
     out = tmp_path / "out"
-    args = parser.parse_args(["--tokenizer", str(hf_tokenizer_dir), "--input", *map(str, inputs), "--seq-len", "6", "--out", str(out)])
+    args = parser.parse_args(
+        [
+            "--tokenizer",
+            str(hf_tokenizer_dir),
+            "--input",
+            *map(str, inputs),
+            "--seq-len",
+            "6",
+            "--out",
+            str(out),
+        ]
+    )
     assert prepare_mod.run(args) == 0
     assert "dropped the last" in capsys.readouterr().out
     assert len(TokenShards(out)) > 0
@@ -143,7 +161,9 @@ def test_interrupted_prepare_keeps_the_old_dataset(hf_tokenizer_dir, inputs, tmp
     assert TokenShards(out).content_hash == first["content_hash"]  # untouched
     second = prepare(hf_tokenizer_dir, inputs[1:], 4, out, progress=False)
     assert TokenShards(out).content_hash == second["content_hash"] != first["content_hash"]
-    assert sorted(p.name for p in out.iterdir()) == ["index.json"] + [s["file"] for s in second["shards"]]
+    assert sorted(p.name for p in out.iterdir()) == ["index.json"] + [
+        s["file"] for s in second["shards"]
+    ]
 
 
 def test_crash_while_writing_the_index_leaves_no_index(hf_tokenizer_dir, inputs, tmp_path, monkeypatch):

@@ -6,7 +6,13 @@ import pytest
 from tokenweight.trainer.score_store import ScoreStore, ScoreStoreError, StoreMeta, read_meta
 
 META = StoreMeta(
-    num_sequences=6, seq_len=5, content_hash="c" * 64, fingerprint="fp-1", scorer="default", window=4, stride=3
+    num_sequences=6,
+    seq_len=5,
+    content_hash="c" * 64,
+    fingerprint="fp-1",
+    scorer="default",
+    window=4,
+    stride=3,
 )
 
 

@@ -108,7 +108,9 @@ def _read_index(path: Path) -> dict:
     try:
         index = json.loads(index_path.read_text())
     except json.JSONDecodeError as exc:
-        raise DataFormatError(f"{index_path} is not valid JSON ({exc}); run `tokenweight prepare` again") from None
+        raise DataFormatError(
+            f"{index_path} is not valid JSON ({exc}); run `tokenweight prepare` again"
+        ) from None
     missing = [key for key in INDEX_KEYS if key not in index]
     if missing:
         raise DataFormatError(f"{index_path} lacks {missing}; run `tokenweight prepare` again")
@@ -129,7 +131,9 @@ def _map_shard(root: Path, shard: dict, seq_len: int) -> np.ndarray:
     rows = shard["num_sequences"]
     expected = rows * seq_len * TOKEN_DTYPE.itemsize
     if not file.is_file():
-        raise DataFormatError(f"shard {file} listed in the index is missing; run `tokenweight prepare` again")
+        raise DataFormatError(
+            f"shard {file} listed in the index is missing; run `tokenweight prepare` again"
+        )
     size = file.stat().st_size
     if size != expected:
         raise DataFormatError(
@@ -161,7 +165,8 @@ def batch_token_hash(tokens) -> str:
 class Batch:
     step: int  # global step, counted from 0 across epochs
     epoch: int
-    indices: np.ndarray  # int64 [batch_size], global sequence indices (rows of the dataset / score store)
+    # int64 [batch_size]: global sequence indices, i.e. rows of the dataset and the score store
+    indices: np.ndarray
     tokens: np.ndarray  # int64 [batch_size, seq_len]
 
 
@@ -180,9 +185,13 @@ class RankBatches:
     use `batch_at(step)` (pure) rather than iterate a shared instance.
     """
 
-    def __init__(self, shards: TokenShards, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0):
+    def __init__(
+        self, shards: TokenShards, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0
+    ):
         if batch_size < 1 or world_size < 1:
-            raise BatchOrderError(f"batch_size and world_size must be >= 1, got {batch_size}, {world_size}")
+            raise BatchOrderError(
+                f"batch_size and world_size must be >= 1, got {batch_size}, {world_size}"
+            )
         if not 0 <= rank < world_size:
             raise BatchOrderError(f"rank {rank} is outside [0, world_size={world_size})")
         self.shards = shards

@@ -89,5 +89,7 @@ def read_metrics(path: str | Path) -> list[dict]:
         except json.JSONDecodeError as exc:
             if n == len(lines):
                 break
-            raise MetricsFormatError(f"{path} line {n} is not valid JSON ({exc}); fix or delete that line") from None
+            raise MetricsFormatError(
+                f"{path} line {n} is not valid JSON ({exc}); fix or delete that line"
+            ) from None
     return records

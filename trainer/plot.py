@@ -25,7 +25,9 @@ SMOOTH_ABOVE = 50  # points; per-step curves this long get a moving average over
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("run_dir", metavar="RUN_DIR", help=f"training run directory holding {m.METRICS_FILE}")
+    parser.add_argument(
+        "run_dir", metavar="RUN_DIR", help=f"training run directory holding {m.METRICS_FILE}"
+    )
 
 
 def run(args) -> int:
@@ -70,8 +72,13 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         raise FileNotFoundError(f"{metrics} not found; pass the --out directory of a training run")
     series = collect_series(m.read_metrics(metrics))
     if not series:
-        raise NothingToPlot(f"{metrics} has no numeric metrics with a {m.STEP!r} yet; plot again once the run has logged")
-    figures = {name: [(t, [k for k in keys if k in series]) for t, keys in panels] for name, panels in GROUPS.items()}
+        raise NothingToPlot(
+            f"{metrics} has no numeric metrics with a {m.STEP!r} yet; plot again once the run has logged"
+        )
+    figures = {
+        name: [(t, [k for k in keys if k in series]) for t, keys in panels]
+        for name, panels in GROUPS.items()
+    }
     grouped = {k for panels in GROUPS.values() for _, keys in panels for k in keys}
     figures["other"] = [(key, [key]) for key in sorted(series) if key not in grouped]
 
@@ -110,4 +117,9 @@ def _draw(ax, key: str, steps: list, values: list, smooth: bool) -> None:
     window = max(2, len(values) // 25)
     spans = [values[max(0, i - window + 1) : i + 1] for i in range(len(values))]
     (line,) = ax.plot(steps, values, alpha=0.25)
-    ax.plot(steps, [sum(v) / len(v) for v in spans], color=line.get_color(), label=f"{key} (mean of {window})")
+    ax.plot(
+        steps,
+        [sum(v) / len(v) for v in spans],
+        color=line.get_color(),
+        label=f"{key} (mean of {window})",
+    )

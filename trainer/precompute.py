@@ -27,16 +27,30 @@ class PrecomputeError(ValueError):
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--data", required=True, help="prepared dataset directory (tokenweight prepare --out)")
+    parser.add_argument(
+        "--data", required=True, help="prepared dataset directory (tokenweight prepare --out)"
+    )
     parser.add_argument("--scorer-url", required=True, help="grpc://HOST:PORT[,grpc://HOST2:PORT]")
     parser.add_argument("--out", required=True, help="score store directory (resumed if it exists)")
     parser.add_argument("--scorer", help="scorer name on the server (default: the server's default)")
     parser.add_argument("--window", type=int, help="short-context window k (default: the scorer's)")
-    parser.add_argument("--stride", type=int, help="chunk stride s (default: the scorer's, or 3k/4 with --window)")
-    parser.add_argument("--batch-size", type=int, help="sequences per request (default: what fits the server's request limit, at most 8)")
+    parser.add_argument(
+        "--stride", type=int, help="chunk stride s (default: the scorer's, or 3k/4 with --window)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help="sequences per request (default: what fits the server's request limit, at most 8)",
+    )
     parser.add_argument("--concurrency", type=int, help="requests in flight (default: 4 per URL)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per request attempt")
-    parser.add_argument("--retry-for", type=float, default=600.0, help="keep retrying an unreachable or busy scorer this many seconds (logged) before giving up; rerun to resume")
+    parser.add_argument(
+        "--retry-for",
+        type=float,
+        default=600.0,
+        help="keep retrying an unreachable or busy scorer this many seconds (logged) before "
+        "giving up; rerun to resume",
+    )
 
 
 def run(args) -> int:
@@ -44,23 +58,34 @@ def run(args) -> int:
 
     from tokenweight.client import RetryPolicy, ScorerClient, ScorerError
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # retries are logged
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )  # retries are logged
     urls = [u.strip() for u in args.scorer_url.split(",") if u.strip()]
     try:
-        with ScorerClient(urls, timeout=args.timeout, retry=RetryPolicy.for_duration(args.retry_for)) as client:
+        with ScorerClient(
+            urls, timeout=args.timeout, retry=RetryPolicy.for_duration(args.retry_for)
+        ) as client:
             shards = TokenShards(args.data)
             info = _find_scorer(client, args.scorer, shards.seq_len)
             batch_size = args.batch_size or _batch_size_for(info, shards.seq_len)
             meta = precompute(
-                shards, client, args.out,
-                window=args.window, stride=args.stride, scorer=args.scorer,
-                batch_size=batch_size, concurrency=args.concurrency or 4 * len(urls),
+                shards,
+                client,
+                args.out,
+                window=args.window,
+                stride=args.stride,
+                scorer=args.scorer,
+                batch_size=batch_size,
+                concurrency=args.concurrency or 4 * len(urls),
             )
     except (DataFormatError, ScoreStoreError, PrecomputeError, ScorerError) as exc:
         print(f"tokenweight precompute: error: {exc}", file=sys.stderr)
         return 1
-    print(f"{args.out}: scores of all {meta.num_sequences} sequences, scorer {meta.scorer!r}, "
-          f"fingerprint {meta.fingerprint}, window {meta.window}, stride {meta.stride}")
+    print(
+        f"{args.out}: scores of all {meta.num_sequences} sequences, scorer {meta.scorer!r}, "
+        f"fingerprint {meta.fingerprint}, window {meta.window}, stride {meta.stride}"
+    )
     return 0
 
 
@@ -83,17 +108,22 @@ def precompute(
     from tqdm import tqdm
 
     if batch_size < 1 or concurrency < 1:
-        raise PrecomputeError(f"--batch-size and --concurrency must be >= 1, got {batch_size}, {concurrency}")
+        raise PrecomputeError(
+            f"--batch-size and --concurrency must be >= 1, got {batch_size}, {concurrency}"
+        )
     existing = read_meta(out)
     if existing is not None and existing.content_hash != shards.content_hash:
         raise ScoreStoreError(
-            f"score store {out} holds scores for other data (content_hash {existing.content_hash[:16]}…, "
-            f"{shards.path} has {shards.content_hash[:16]}…); use a new --out for this dataset"
+            f"score store {out} holds scores for other data (content_hash "
+            f"{existing.content_hash[:16]}…, {shards.path} has {shards.content_hash[:16]}…); use a "
+            "new --out for this dataset"
         )
 
     def score(indices: np.ndarray):
         sequences = list(shards.take(indices))
-        return indices, client.score(sequences, window=window, stride=stride, scorer=scorer, outputs=OUTPUTS)
+        return indices, client.score(
+            sequences, window=window, stride=stride, scorer=scorer, outputs=OUTPUTS
+        )
 
     # The first answer fixes the store's identity (fingerprint, resolved window/stride) — or,
     # on resume, must match it; nothing is written before that check.
@@ -111,7 +141,13 @@ def precompute(
         return existing
     first_indices, first = score(batches[0])
     with ScoreStore.create_or_resume(out, _meta_from(first, shards)) as store:
-        with tqdm(total=len(shards), initial=store.num_done, unit="seq", desc="precompute", disable=not progress) as bar:
+        with tqdm(
+            total=len(shards),
+            initial=store.num_done,
+            unit="seq",
+            desc="precompute",
+            disable=not progress,
+        ) as bar:
             _write(store, first_indices, first)
             bar.update(first_indices.size)
             pool = ThreadPoolExecutor(concurrency)
@@ -174,7 +210,9 @@ def _check_answer(result, meta: StoreMeta) -> None:
 def _write(store: ScoreStore, indices: np.ndarray, result) -> None:
     _check_answer(result, store.meta)
     if len(result.results) != indices.size:
-        raise PrecomputeError(f"the scorer returned {len(result.results)} results for {indices.size} sequences")
+        raise PrecomputeError(
+            f"the scorer returned {len(result.results)} results for {indices.size} sequences"
+        )
     store.put(
         indices,
         np.stack([r.logp_long for r in result.results]),
@@ -191,11 +229,14 @@ def _find_scorer(client, name: str | None, seq_len: int):
         info = next((i for i in infos if i.is_default), infos[0] if len(infos) == 1 else None)
     if info is None:
         names = ", ".join(i.name for i in infos)
-        raise PrecomputeError(f"the server has no scorer {name or '(default)'!r} (it hosts: {names}); pass --scorer NAME")
+        raise PrecomputeError(
+            f"the server has no scorer {name or '(default)'!r} (it hosts: {names}); pass --scorer NAME"
+        )
     if info.max_sequence_length and seq_len > info.max_sequence_length:
         raise PrecomputeError(
             f"the dataset's rows have {seq_len} tokens but scorer {info.name!r} accepts at most "
-            f"{info.max_sequence_length}; prepare with a smaller --seq-len or use a longer-context scorer"
+            f"{info.max_sequence_length}; prepare with a smaller --seq-len or use a longer-context "
+            "scorer"
         )
     return info
 

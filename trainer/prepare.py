@@ -41,19 +41,40 @@ class PrepareError(ValueError):
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--tokenizer", required=True, help="HF tokenizer directory, or a bare tokenizer.json")
-    parser.add_argument("--input", required=True, nargs="+", metavar="FILE", help=".jsonl/.json: {\"text\"} per line; other files: one document each")
+    parser.add_argument(
+        "--tokenizer", required=True, help="HF tokenizer directory, or a bare tokenizer.json"
+    )
+    parser.add_argument(
+        "--input",
+        required=True,
+        nargs="+",
+        metavar="FILE",
+        help='.jsonl/.json: {"text"} per line; other files: one document each',
+    )
     parser.add_argument("--seq-len", required=True, type=int, help="tokens per training row")
-    parser.add_argument("--out", required=True, help="output directory (created; an earlier prepared dataset there is replaced)")
-    parser.add_argument("--eos-token", help="EOS token string, when the tokenizer does not name one (bare tokenizer.json)")
-    parser.add_argument("--shard-sequences", type=int, default=DEFAULT_SHARD_SEQUENCES, help="rows per shard file")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="output directory (created; an earlier prepared dataset there is replaced)",
+    )
+    parser.add_argument(
+        "--eos-token",
+        help="EOS token string, when the tokenizer does not name one (bare tokenizer.json)",
+    )
+    parser.add_argument(
+        "--shard-sequences", type=int, default=DEFAULT_SHARD_SEQUENCES, help="rows per shard file"
+    )
 
 
 def run(args) -> int:
     try:
         summary = prepare(
-            args.tokenizer, args.input, args.seq_len, args.out,
-            eos_token=args.eos_token, shard_sequences=args.shard_sequences,
+            args.tokenizer,
+            args.input,
+            args.seq_len,
+            args.out,
+            eos_token=args.eos_token,
+            shard_sequences=args.shard_sequences,
         )
     except PrepareError as exc:
         print(f"tokenweight prepare: error: {exc}", file=sys.stderr)
@@ -62,13 +83,23 @@ def run(args) -> int:
         f"wrote {summary['num_sequences']} sequences of {summary['seq_len']} tokens in "
         f"{len(summary['shards'])} shard(s) to {args.out} from {summary['stats']['documents']} "
         f"documents ({summary['stats']['tokens']} tokens); dropped the last "
-        f"{summary['stats']['dropped_tokens']} tokens that did not fill a row. Documents end with "
-        f"EOS {summary['stats']['eos_token']!r} (id {summary['eos_token_id']}); BOS id: {summary['bos_token_id']}"
+        f"{summary['stats']['dropped_tokens']} tokens that did not fill a row. Documents end "
+        f"with EOS {summary['stats']['eos_token']!r} (id {summary['eos_token_id']}); BOS id: "
+        f"{summary['bos_token_id']}"
     )
     return 0
 
 
-def prepare(tokenizer_path, inputs, seq_len: int, out, *, eos_token=None, shard_sequences=DEFAULT_SHARD_SEQUENCES, progress=True) -> dict:
+def prepare(
+    tokenizer_path,
+    inputs,
+    seq_len: int,
+    out,
+    *,
+    eos_token=None,
+    shard_sequences=DEFAULT_SHARD_SEQUENCES,
+    progress=True,
+) -> dict:
     """Tokenize `inputs` into `out`; returns the index written (plus `stats`)."""
     from tqdm import tqdm
 
@@ -100,7 +131,10 @@ def prepare(tokenizer_path, inputs, seq_len: int, out, *, eos_token=None, shard_
     }
     index = writer.finish(meta)
     index["stats"] = {
-        "documents": documents, "tokens": writer.tokens_seen, "dropped_tokens": writer.dropped, "eos_token": tok.eos_token,
+        "documents": documents,
+        "tokens": writer.tokens_seen,
+        "dropped_tokens": writer.dropped,
+        "eos_token": tok.eos_token,
     }
     return index
 
@@ -151,7 +185,9 @@ def load_tokenizer(path, eos_token: str | None = None) -> DocumentTokenizer:
         hf = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         backend = getattr(hf, "backend_tokenizer", None)
         if backend is None:
-            raise PrepareError(f"{path} loads as a slow tokenizer; prepare needs a fast one (tokenizer.json)")
+            raise PrepareError(
+                f"{path} loads as a slow tokenizer; prepare needs a fast one (tokenizer.json)"
+            )
         name = eos_token or hf.eos_token
         if name is None:
             raise PrepareError(f"the tokenizer in {path} has no eos_token; pass --eos-token")

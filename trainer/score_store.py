@@ -74,7 +74,9 @@ def read_meta(path: str | Path) -> StoreMeta | None:
     try:
         data = json.loads(meta_path.read_text())
     except json.JSONDecodeError as exc:
-        raise ScoreStoreError(f"{meta_path} is not valid JSON ({exc}); delete the store and precompute again") from None
+        raise ScoreStoreError(
+            f"{meta_path} is not valid JSON ({exc}); delete the store and precompute again"
+        ) from None
     return StoreMeta.from_json(data, meta_path)
 
 
@@ -101,7 +103,9 @@ class ScoreStore:
         self._done = _memmap(path / DONE_FILE, DONE_DTYPE, mode, (meta.num_sequences,))
 
     @classmethod
-    def open(cls, path: str | Path, expected_content_hash: str, expected_fingerprint: str | None = None) -> "ScoreStore":
+    def open(
+        cls, path: str | Path, expected_content_hash: str, expected_fingerprint: str | None = None
+    ) -> "ScoreStore":
         """Open for reading; refuses a store of other data, or of another scorer when given."""
         path = Path(path)
         meta = read_meta(path)
@@ -175,7 +179,10 @@ class ScoreStore:
                 f"{self.num_done}/{self.meta.num_sequences} are done. Run `tokenweight precompute "
                 f"--out {self.path} ...` again to finish it"
             )
-        return (np.array(self._arrays["logp_long"][indices]), np.array(self._arrays["logp_short"][indices]))
+        return (
+            np.array(self._arrays["logp_long"][indices]),
+            np.array(self._arrays["logp_short"][indices]),
+        )
 
     def put(self, indices, logp_long, logp_short) -> None:
         """Write rows and mark them done, data first: a crash never leaves a done row unwritten."""
@@ -186,7 +193,9 @@ class ScoreStore:
         for name, values in (("logp_long", logp_long), ("logp_short", logp_short)):
             values = np.asarray(values)
             if values.shape != shape or values.dtype != np.float32:
-                raise ScoreStoreError(f"{name} must be float32 {shape}, got {values.dtype} {values.shape}")
+                raise ScoreStoreError(
+                    f"{name} must be float32 {shape}, got {values.dtype} {values.shape}"
+                )
             self._arrays[name][indices] = values
             self._arrays[name].flush()
         self._done[indices] = 1
