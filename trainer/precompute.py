@@ -58,9 +58,8 @@ def run(args) -> int:
 
     from tokenweight.client import RetryPolicy, ScorerClient, ScorerError
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )  # retries are logged
+    # the client logs each retry; without this a scorer outage would look like a hang
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     urls = [u.strip() for u in args.scorer_url.split(",") if u.strip()]
     try:
         with ScorerClient(
