@@ -1,8 +1,10 @@
 """`tokenweight serve`: host one scorer (--model) or several (--config) over gRPC and HTTP."""
 
 import argparse
+import asyncio
 import logging
 import os
+import signal
 import sys
 
 from .auth import TOKEN_ENV
@@ -84,8 +86,6 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    import asyncio
-
     from .config import ConfigError
     from .loading import ModelLoadError
 
@@ -105,9 +105,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(config) -> int:
-    import asyncio
-    import signal
-
     from .runner import ScorerServer
 
     loop = asyncio.get_running_loop()
@@ -119,16 +116,18 @@ async def _serve(config) -> int:
     await server.start()
     log.info("listening (health NOT_SERVING while models load): %s", server.addresses())
     loading = asyncio.create_task(server.load())
-    await asyncio.wait([loading, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-    if loading.done() and loading.exception() is None:
-        names = ", ".join(n + (" (default)" if n == config.default_scorer else "") for n in server.service.scorers)
-        log.info("ready: %s scorers=[%s]", server.addresses(), names)
-        await stop.wait()
-        log.info("draining: up to %.1fs for in-flight requests", config.server.grace_s)
-    elif not loading.done():
-        loading.cancel()
-    drained = await server.shutdown()
-    if loading.done() and not loading.cancelled() and loading.exception() is not None:
-        raise loading.exception()
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait([loading, stopping], return_when=asyncio.FIRST_COMPLETED)
+    try:
+        if not loading.done():  # signalled while the models were still loading
+            loading.cancel()
+        else:
+            loading.result()  # a load failure propagates, after the shutdown below
+            names = [n + (" (default)" if n == config.default_scorer else "") for n in server.service.scorers]
+            log.info("ready: %s scorers=[%s]", server.addresses(), ", ".join(names))
+            await stopping
+            log.info("draining: up to %.1fs for in-flight requests", config.server.grace_s)
+    finally:
+        drained = await server.shutdown()
     log.info("stopped%s", "" if drained else " (some requests did not finish within the grace)")
     return 0

@@ -93,3 +93,13 @@ def test_sigterm_drains_in_flight_request_then_exits_0(tmp_path, tiny_model_dir)
         assert "draining" in log and "stopped" in log and "did not finish" not in log
     finally:
         server.kill()
+
+
+def test_unloadable_model_exits_1_with_the_reason(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "tokenweight.cli", "serve", "--model", str(tmp_path), "--host", "127.0.0.1",
+         "--grpc-port", "0", "--http-port", "0"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1
+    assert "not a Hugging Face checkpoint directory" in result.stderr
