@@ -191,9 +191,7 @@ def create_app(service: ScoringService, config: ServerConfig, metrics: Metrics) 
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def prometheus():
-        from prometheus_client import CONTENT_TYPE_LATEST
-
-        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), media_type=metrics.content_type)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():

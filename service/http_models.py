@@ -2,7 +2,7 @@
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 OutputName = Literal["score", "logp_long", "logp_short"]
 
@@ -13,7 +13,7 @@ class ScoreBody(BaseModel):
     scorer: str = Field("", description="Scorer name; empty or absent selects the default")
     window: int = Field(0, ge=0, description="Short-context window k; 0 = the scorer's default")
     stride: int = Field(0, ge=0, description="Stride s; 0 = the default (3k/4)")
-    token_ids: list[list[int]] | None = Field(None, description="Sequences of token ids")
+    token_ids: list[list[StrictInt]] | None = Field(None, description="Sequences of token ids")
     text: str | list[str] | None = Field(
         None, description="Text, tokenized with the scorer's tokenizer (with its BOS)"
     )

@@ -2,7 +2,14 @@
 
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -70,6 +77,8 @@ class Metrics:
             "tokenweight_cache_lookups", "Score cache lookups per sequence", ["result"],
             registry=reg,
         )
+
+    content_type = CONTENT_TYPE_LATEST
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
