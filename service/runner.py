@@ -14,6 +14,9 @@ from .scorers import Scorer, load_scorers
 from .scoring import ScoringService
 
 
+_FLUSH_S = 1.0
+
+
 class ScorerServer:
     def __init__(self, config: ServeConfig):
         self.config = config
@@ -35,21 +38,21 @@ class ScorerServer:
     async def load(self, scorers: dict[str, Scorer] | None = None) -> None:
         """Load the configured scorers (or install already loaded ones) and start serving."""
         if scorers is None:
-            loop = asyncio.get_running_loop()
-            scorers = await loop.run_in_executor(None, load_scorers, self.config.scorers)
+            scorers = await asyncio.to_thread(load_scorers, self.config.scorers)
         self.service.install(scorers, self.config.default_scorer)
         await self.grpc.set_serving(True)
 
     async def shutdown(self, grace: float | None = None) -> bool:
         """Drain and stop; True if every in-flight request finished within the grace."""
         grace = self.config.server.grace_s if grace is None else grace
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
         if self.grpc:
             await self.grpc.drain()
         drained = await self.service.drain(grace)
         if self.grpc:
-            await self.grpc.stop(max(0.0, deadline - loop.time()))
+            # Nothing is being scored any more, so open streams (a trainer keeps one open
+            # all the time) have nothing left to wait for: a moment to flush the last
+            # responses, then they are cancelled and clients fail over.
+            await self.grpc.stop(_FLUSH_S if drained else 0)
         if self.http:
             await self.http.stop()
         await self.service.close()

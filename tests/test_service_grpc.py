@@ -180,3 +180,25 @@ def test_bearer_token_on_grpc_metadata(tiny_scorers):
         health = health_pb2_grpc.HealthStub(channel)
         assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
         assert srv.metric("tokenweight_grpc_requests_total", method="Score", code="UNAUTHENTICATED") == 2
+
+
+def test_an_idle_open_stream_does_not_hold_up_shutdown(tiny_scorers):
+    import threading
+    import time
+
+    srv = ThreadedServer(tiny_scorers, http=False)
+    hold = threading.Event()
+
+    def requests():
+        yield wire.build_request([[1, 2, 3]], request_id="only")
+        hold.wait(30)  # a trainer keeps its stream open between batches
+
+    with srv.channel() as channel:
+        stream = scorer_pb2_grpc.ScorerStub(channel).ScoreStream(requests(), timeout=30)
+        assert next(stream).request_id == "only"
+        started = time.monotonic()
+        srv.close()  # grace 5 s, but nothing is in flight
+        assert time.monotonic() - started < 3
+        with pytest.raises(grpc.RpcError):
+            next(stream)
+        hold.set()
