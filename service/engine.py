@@ -126,7 +126,9 @@ def compute_logprobs(
 
 def default_options(device: torch.device) -> ForwardOptions:
     if device.type == "cuda":
-        return ForwardOptions(token_budget=131072)
+        # Measured on an H200 (BENCHMARKS.md): the fused LM-head slice is worth ~7%; torch's
+        # own SDPA choice there is already cuDNN attention, the fastest of those tried.
+        return ForwardOptions(token_budget=131072, compile_logprobs=True)
     return ForwardOptions()
 
 
