@@ -30,6 +30,7 @@ from .errors import HTTP_STATUS, InvalidArgument, ServiceError
 from .http_models import ErrorBody, ScoreBody, ScoreResponseBody, ScorersBody
 from .metrics import Metrics
 from .scoring import SERVING, ScoringService
+from .text import tokenize
 
 MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
 
@@ -113,7 +114,7 @@ def create_app(service: ScoringService, config: ServerConfig, metrics: Metrics) 
                 )
             texts = [body.text] if isinstance(body.text, str) else body.text
             loop = asyncio.get_running_loop()
-            ids, tokens = await loop.run_in_executor(tokenizer_thread, _tokenize, scorer.tokenizer, texts)
+            ids, tokens = await loop.run_in_executor(tokenizer_thread, tokenize, scorer.tokenizer, texts)
         else:
             ids = body.token_ids
         arrays = []
@@ -251,8 +252,3 @@ def create_app(service: ScoringService, config: ServerConfig, metrics: Metrics) 
 
     return app
 
-
-def _tokenize(tokenizer, texts: list[str]) -> tuple[list[list[int]], list[list[str]]]:
-    ids = [tokenizer(text)["input_ids"] for text in texts]
-    tokens = [[tokenizer.decode([i]) for i in seq] for seq in ids]
-    return ids, tokens

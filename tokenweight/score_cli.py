@@ -47,6 +47,7 @@ def local_scorer(args):
     import numpy as np
 
     from tokenweight.service.engine import ScoringEngine
+    from tokenweight.service.text import tokenize
 
     settings = {name: value for name in ("window", "stride") if (value := getattr(args, name))}
     engine = ScoringEngine.from_pretrained(
@@ -63,8 +64,8 @@ def local_scorer(args):
                     from transformers import AutoTokenizer
 
                     tokenizer = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
-                ids = tokenizer(item["text"])["input_ids"]
-                tokens.append(tokenizer.convert_ids_to_tokens(ids))
+                (ids,), (decoded,) = tokenize(tokenizer, [item["text"]])
+                tokens.append(decoded)
             else:
                 ids = item["token_ids"]
                 tokens.append(None)
