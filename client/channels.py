@@ -1,0 +1,97 @@
+"""gRPC channels to a scorer: TLS, bearer token, message sizes, reconnect backoff.
+
+Shared by the sync (`grpc`) and async (`grpc.aio`) clients, whose channel constructors take
+the same arguments.
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+
+from tokenweight.v1 import scorer_pb2_grpc
+
+from .endpoints import EndpointPool, Member
+from .urls import Endpoint, parse_urls
+
+# Well above the server's default request limit (2**20 tokens: ~13 MB responses, see
+# wire.message_limit), so the client is never the side that refuses a message. gRPC's own
+# default receive limit of 4 MiB would refuse a response for about 350k tokens.
+DEFAULT_MAX_MESSAGE_BYTES = 256 << 20
+
+# gRPC waits up to 120 s between reconnect attempts by default; a scorer that restarts is
+# found again within ~2 s with these, which is what a trainer waiting on it wants.
+_RECONNECT_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+
+def load_pem(value: bytes | str | Path | None) -> bytes | None:
+    """PEM bytes as given, or read from a file path."""
+    if value is None or isinstance(value, bytes):
+        return value
+    return Path(value).read_bytes()
+
+
+def call_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """Per-call metadata; plain metadata (not call credentials) so that a bearer token also
+    works on a plaintext channel to a server on localhost or a private network."""
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def open_channel(
+    grpc_module,
+    endpoint: Endpoint,
+    *,
+    root_certificates: bytes | None = None,
+    tls_server_name: str | None = None,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    options: list[tuple] | None = None,
+):
+    """A channel from `grpc_module` (`grpc` or `grpc.aio`) to one endpoint."""
+    if not endpoint.is_grpc:
+        raise ValueError(f"{endpoint} is not a gRPC URL; use grpc:// or grpcs://")
+    if not endpoint.secure and (root_certificates or tls_server_name):
+        raise ValueError(f"TLS options given for plaintext {endpoint}; use grpcs://")
+    opts = [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        *_RECONNECT_OPTIONS,
+    ]
+    if tls_server_name:
+        # The name the server's certificate carries, when it differs from the host dialled.
+        opts.append(("grpc.ssl_target_name_override", tls_server_name))
+    opts += options or []
+    if endpoint.secure:
+        credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+        return grpc_module.secure_channel(endpoint.target, credentials, options=opts)
+    return grpc_module.insecure_channel(endpoint.target, options=opts)
+
+
+def connect(
+    grpc_module,
+    urls: str | Sequence[str],
+    *,
+    root_certificates: bytes | str | Path | None,
+    tls_server_name: str | None,
+    max_message_bytes: int,
+    channel_options: list[tuple] | None,
+    endpoint_cooldown: float,
+) -> tuple[list, EndpointPool]:
+    """Channels to every endpoint in `urls`, and the pool of Scorer stubs over them."""
+    pem = load_pem(root_certificates)
+    channels, members = [], []
+    for endpoint in parse_urls(urls):
+        channel = open_channel(
+            grpc_module,
+            endpoint,
+            root_certificates=pem,
+            tls_server_name=tls_server_name,
+            max_message_bytes=max_message_bytes,
+            options=channel_options,
+        )
+        channels.append(channel)
+        members.append(Member(endpoint, scorer_pb2_grpc.ScorerStub(channel)))
+    return channels, EndpointPool(members, endpoint_cooldown)
