@@ -79,6 +79,62 @@ def local_scorer(args):
     return score
 
 
+class ServerError(RuntimeError):
+    """The server refused or failed a call (its ScorerError, without the grpc import here)."""
+
+
+def remote_scorer(args):
+    """A function (items) -> output dicts that asks the server at `--url`.
+
+    gRPC carries token ids only; over HTTP the server also tokenizes text (token-id lines
+    and text lines of a batch go as two requests, and the outputs keep the input order).
+    """
+    from tokenweight.client import HttpScorerClient, ScorerClient, ScorerError, parse_urls
+
+    settings = {"window": args.window, "stride": args.stride, "scorer": args.scorer}
+    if parse_urls(args.url)[0].is_grpc:
+        client = ScorerClient(args.url)
+
+        def ask(items: list[dict]) -> list[dict]:
+            if any("text" in item for item in items):
+                raise InputError(
+                    'gRPC takes "token_ids" only; for "text" lines use --url http://HOST:PORT '
+                    "(the server tokenizes) or --model PATH"
+                )
+            sequences = [item["token_ids"] for item in items]
+            result = client.score(sequences, **settings)
+            return [
+                _output(ids, r.score, r.logp_long, r.logp_short)
+                for ids, r in zip(sequences, result.results)
+            ]
+
+    else:
+        client = HttpScorerClient(args.url)
+
+        def ask(items: list[dict]) -> list[dict]:
+            out: list[dict | None] = [None] * len(items)
+            for kind in ("token_ids", "text"):
+                where = [i for i, item in enumerate(items) if kind in item]
+                if not where:
+                    continue
+                inputs = [items[i][kind] for i in where]
+                if kind == "text":
+                    result = client.score(text=inputs, **settings)
+                else:
+                    result = client.score(inputs, **settings)
+                for i, r in zip(where, result.results):
+                    out[i] = _output(r.token_ids.tolist(), r.score, r.logp_long, r.logp_short, r.tokens)
+            return out
+
+    def score(items: list[dict]) -> list[dict]:
+        try:
+            return ask(items)
+        except ScorerError as exc:
+            raise ServerError(str(exc)) from exc
+
+    return score
+
+
 def _output(token_ids, score, logp_long, logp_short, tokens=None) -> dict:
     out = {
         "token_ids": token_ids,
@@ -92,17 +148,25 @@ def _output(token_ids, score, logp_long, logp_short, tokens=None) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.model:
-        print("tokenweight score: pass --model PATH (score locally)", file=sys.stderr)
+    if not (args.model or args.url):
+        print(
+            "tokenweight score: pass --url grpc://HOST:PORT or http://HOST:PORT (a running "
+            "server), or --model PATH (score locally)",
+            file=sys.stderr,
+        )
+        return 2
+    local_only = [f"--{name.replace('_', '-')}" for name in ("short_model", "device", "dtype") if getattr(args, name)]
+    if args.url and local_only:
+        print(f"tokenweight score: {', '.join(local_only)} only apply with --model (local scoring)", file=sys.stderr)
         return 2
     try:
         with open(args.input) if args.input else sys.stdin as stream:
             items = read_lines(stream)
-        score = local_scorer(args)
+        score = remote_scorer(args) if args.url else local_scorer(args)
         for lo in range(0, len(items), args.batch_size):
             for out in score(items[lo : lo + args.batch_size]):
                 sys.stdout.write(json.dumps(out) + "\n")
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, ServerError) as exc:
         print(f"tokenweight score: {exc}", file=sys.stderr)
         return 1
     return 0
