@@ -4,12 +4,17 @@ arrays for that batch, fetched independently."""
 
 import numpy as np
 import pytest
+import torch
+
+from tokenweight.trainer.data import batch_token_hash
+
 from train_helpers import (
     SEQ_LEN,
     WINDOW,
     Scorer,
     batch_tokens,
     check_rank_data,
+    check_weights,
     dumps,
     expected_weights,
     losses,
@@ -18,8 +23,6 @@ from train_helpers import (
     scorer_arrays,
     train,
 )
-
-from tokenweight.trainer.data import batch_token_hash
 
 STEPS = 3
 
@@ -47,17 +50,27 @@ def test_service_weights_are_the_scorers_ddp_and_fsdp(env, tmp_path):
     runs = {}
     for parallel in ("ddp", "fsdp"):
         out = tmp_path / parallel
-        log = train(env["model"], env["data"], out, "--max-steps", STEPS, "--parallel", parallel,
-                    "--scorer-url", env["scorer"].url, "--weighting", "dense", "--lam", "0.5")
+        log = train(
+            env["model"],
+            env["data"],
+            out,
+            "--max-steps",
+            STEPS,
+            "--parallel",
+            parallel,
+            "--scorer-url",
+            env["scorer"].url,
+            "--weighting",
+            "dense",
+            "--lam",
+            "0.5",
+        )
         assert "fingerprint" in log
         found = dumps(out)
         check_rank_data(found, STEPS)
         for record in found.values():
             scores = scorer_arrays(env["scorer"].url, check_batch(env, record))
-            want = expected_weights("dense", -scores["logp_long"], -scores["logp_short"], lam=0.5)
-            np.testing.assert_allclose(record["weights"], want, rtol=0, atol=1e-6)
-            np.testing.assert_array_equal(record["loss_long"], -scores["logp_long"])
-            np.testing.assert_array_equal(record["loss_short"], -scores["logp_short"])
+            check_weights(record, "dense", -scores["logp_long"], -scores["logp_short"], lam=0.5)
         runs[parallel] = (losses(out), found)
     # Sharding changes where parameters live, not the math: the same data, the same losses.
     ddp, fsdp = runs["ddp"], runs["fsdp"]
@@ -69,26 +82,54 @@ def test_service_weights_are_the_scorers_ddp_and_fsdp(env, tmp_path):
 
 def test_hybrid_takes_logp_long_from_the_training_forward(env, tmp_path):
     out = tmp_path / "hybrid"
-    train(env["model"], env["data"], out, "--max-steps", STEPS, "--parallel", "fsdp",
-          "--scorer-url", env["scorer"].url, "--score-source", "hybrid", "--weighting", "dense")
+    train(
+        env["model"],
+        env["data"],
+        out,
+        "--max-steps",
+        STEPS,
+        "--parallel",
+        "fsdp",
+        "--scorer-url",
+        env["scorer"].url,
+        "--score-source",
+        "hybrid",
+        "--weighting",
+        "dense",
+    )
     found = dumps(out)
     check_rank_data(found, STEPS)
     for (step, _, _), record in found.items():
-        short = scorer_arrays(env["scorer"].url, check_batch(env, record), outputs=("logp_short",))["logp_short"]
-        np.testing.assert_array_equal(record["loss_short"], -short)
+        short = scorer_arrays(env["scorer"].url, check_batch(env, record), outputs=("logp_short",))[
+            "logp_short"
+        ]
         # logp_long is the model's own per-token CE of this very forward ...
         np.testing.assert_allclose(record["loss_long"], record["token_ce"], rtol=1e-5, atol=1e-5)
-        want = expected_weights("dense", record["loss_long"], -short)
-        np.testing.assert_allclose(record["weights"], want, rtol=0, atol=1e-6)
+        check_weights(record, "dense", record["loss_long"], -short)
         if step == 1:  # ... and before any update the model is the scorer's model
-            long = scorer_arrays(env["scorer"].url, check_batch(env, record), outputs=("logp_long",))["logp_long"]
+            long = scorer_arrays(
+                env["scorer"].url, check_batch(env, record), outputs=("logp_long",)
+            )["logp_long"]
             np.testing.assert_allclose(record["loss_long"], -long, atol=1e-4)
 
 
 def test_self_scores_with_the_live_model(env, tmp_path):
     out = tmp_path / "self"
-    train(env["model"], env["data"], out, "--max-steps", STEPS, "--parallel", "ddp",
-          "--score-source", "self", "--window", WINDOW, "--weighting", "dense")
+    train(
+        env["model"],
+        env["data"],
+        out,
+        "--max-steps",
+        STEPS,
+        "--parallel",
+        "ddp",
+        "--score-source",
+        "self",
+        "--window",
+        WINDOW,
+        "--weighting",
+        "dense",
+    )
     found = dumps(out)
     check_rank_data(found, STEPS)
     for (step, _, _), record in found.items():
@@ -96,10 +137,14 @@ def test_self_scores_with_the_live_model(env, tmp_path):
         # t < window: one model plays both parts, so the contrast is exactly 0 there.
         np.testing.assert_array_equal(ls[:, : WINDOW - 1], ll[:, : WINDOW - 1])
         assert np.abs(ls[:, WINDOW:] - ll[:, WINDOW:]).max() > 1e-3
-        np.testing.assert_allclose(record["weights"], expected_weights("dense", ll, ls), rtol=0, atol=1e-6)
+        np.testing.assert_allclose(
+            record["weights"], expected_weights("dense", ll, ls), rtol=0, atol=1e-6
+        )
         if step == 1:  # the untrained live model scores like the service with the same weights
             scores = scorer_arrays(env["scorer"].url, check_batch(env, record))
-            np.testing.assert_allclose(ls[:, WINDOW - 1 :], -scores["logp_short"][:, WINDOW - 1 :], atol=1e-5)
+            np.testing.assert_allclose(
+                ls[:, WINDOW - 1 :], -scores["logp_short"][:, WINDOW - 1 :], atol=1e-5
+            )
 
 
 def test_precomputed_store_trains_a_tied_qwen2_with_fsdp(env, tmp_path):
@@ -108,11 +153,37 @@ def test_precomputed_store_trains_a_tied_qwen2_with_fsdp(env, tmp_path):
     from tokenweight.trainer.score_store import ScoreStore
 
     store = tmp_path / "scores"
-    assert cli(["precompute", "--data", str(env["data"]), "--scorer-url", env["scorer"].url, "--out", str(store)]) == 0
+    assert (
+        cli(
+            [
+                "precompute",
+                "--data",
+                str(env["data"]),
+                "--scorer-url",
+                env["scorer"].url,
+                "--out",
+                str(store),
+            ]
+        )
+        == 0
+    )
     qwen = save_tiny_model(tmp_path / "qwen2", arch="qwen2", seed=3)
     out = tmp_path / "precomputed"
-    train(qwen, env["data"], out, "--max-steps", STEPS, "--parallel", "fsdp", "--scores", store,
-          "--weighting", "longce", "--gamma", "3")
+    train(
+        qwen,
+        env["data"],
+        out,
+        "--max-steps",
+        STEPS,
+        "--parallel",
+        "fsdp",
+        "--scores",
+        store,
+        "--weighting",
+        "longce",
+        "--gamma",
+        "3",
+    )
     found = dumps(out)
     check_rank_data(found, STEPS)
     with ScoreStore.open(store, TokenShards(env["data"]).content_hash) as scores:
@@ -124,8 +195,12 @@ def test_precomputed_store_trains_a_tied_qwen2_with_fsdp(env, tmp_path):
     # The export is a Hugging Face checkpoint of the trained (tied) model.
     from transformers import AutoModelForCausalLM
 
-    exported = AutoModelForCausalLM.from_pretrained(out / "model")
+    exported, info = AutoModelForCausalLM.from_pretrained(out / "model", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
     assert exported.config.tie_word_embeddings
+    initial = AutoModelForCausalLM.from_pretrained(qwen).state_dict()
+    assert exported.state_dict().keys() == initial.keys()
+    assert any(not torch.equal(t, initial[k]) for k, t in exported.state_dict().items())
 
 
 def test_uniform_needs_no_scorer_and_accumulates_gradients(env, tmp_path):
@@ -133,8 +208,19 @@ def test_uniform_needs_no_scorer_and_accumulates_gradients(env, tmp_path):
     from tokenweight.trainer.metrics_log import read_metrics
 
     out = tmp_path / "uniform"
-    train(env["model"], env["data"], out, "--max-steps", 2, "--grad-accum", 2, "--weighting", "uniform",
-          "--seq-len", SEQ_LEN // 2)
+    train(
+        env["model"],
+        env["data"],
+        out,
+        "--max-steps",
+        2,
+        "--grad-accum",
+        2,
+        "--weighting",
+        "uniform",
+        "--seq-len",
+        SEQ_LEN // 2,
+    )
     found = dumps(out)
     check_rank_data(found, 2, grad_accum=2)
     for record in found.values():
@@ -143,6 +229,10 @@ def test_uniform_needs_no_scorer_and_accumulates_gradients(env, tmp_path):
     for record in read_metrics(out / "metrics.jsonl"):
         assert record["loss"] == pytest.approx(record["loss_unweighted"])
         assert record["weight_mean"] == record["weight_max"] == record["weight_nonzero"] == 1
-        assert record["weight_std"] == 0 and record["scorer_wait_s"] >= 0 and record["tokens_per_s"] > 0
+        assert (
+            record["weight_std"] == 0
+            and record["scorer_wait_s"] >= 0
+            and record["tokens_per_s"] > 0
+        )
     assert cli(["plot", str(out)]) == 0
     assert list(out.glob("plot_*.png"))

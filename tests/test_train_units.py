@@ -8,7 +8,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from train_helpers import save_tiny_model
 
 from tokenweight.trainer import checkpoint
 from tokenweight.trainer.args import parse_args
@@ -17,28 +16,41 @@ from tokenweight.trainer.model import extend_context, load_model
 from tokenweight.trainer.scores import PrecomputedSource, ScoreMismatchError, ServiceSource
 from tokenweight.trainer.train import _lr_factor
 
+from train_helpers import save_tiny_model
+
 BASE = ["--model", "m", "--data", "d", "--out", "o", "--max-steps", "10"]
 
 
 def test_score_source_follows_the_flags():
     assert parse_args(BASE + ["--scores", "s"]).score_source == "precomputed"
     assert parse_args(BASE + ["--scorer-url", "grpc://h:1"]).score_source == "service"
-    assert parse_args(BASE + ["--scorer-url", "grpc://h:1", "--score-source", "hybrid"]).score_source == "hybrid"
+    assert (
+        parse_args(BASE + ["--scorer-url", "grpc://h:1", "--score-source", "hybrid"]).score_source
+        == "hybrid"
+    )
     assert parse_args(BASE + ["--score-source", "self"]).score_source == "self"
     assert parse_args(BASE + ["--weighting", "uniform"]).score_source is None
-    cfg = parse_args(BASE + ["--score-source", "self", "--weighting", "ppmi", "--shift", "3", "--kappa", "0.1"])
-    assert cfg.weighting_config().sparsification == 0.1 and "shift 3.0" in cfg.weighting_config().transforms
+    cfg = parse_args(
+        BASE + ["--score-source", "self", "--weighting", "ppmi", "--shift", "3", "--kappa", "0.1"]
+    )
+    assert (
+        cfg.weighting_config().sparsification == 0.1
+        and "shift 3.0" in cfg.weighting_config().transforms
+    )
 
 
-@pytest.mark.parametrize("extra, message", [
-    ([], "needs scores"),
-    (["--score-source", "hybrid"], "--scorer-url"),
-    (["--score-source", "precomputed"], "--scores"),
-    (["--score-source", "self", "--lam", "2"], "lam"),
-    (["--score-source", "self", "--weighting", "dense", "--kappa", "0.2"], "kappa"),
-    (["--weighting", "uniform", "--stop-at", "11"], "--stop-at"),
-    (["--weighting", "uniform", "--grad-accum", "0"], "--grad-accum"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ([], "needs scores"),
+        (["--score-source", "hybrid"], "--scorer-url"),
+        (["--score-source", "precomputed"], "--scores"),
+        (["--score-source", "self", "--lam", "2"], "lam"),
+        (["--score-source", "self", "--weighting", "dense", "--kappa", "0.2"], "kappa"),
+        (["--weighting", "uniform", "--stop-at", "11"], "--stop-at"),
+        (["--weighting", "uniform", "--grad-accum", "0"], "--grad-accum"),
+    ],
+)
 def test_bad_flags_fail_before_anything_loads(extra, message, capsys):
     with pytest.raises(SystemExit):
         parse_args(BASE + extra)
@@ -46,7 +58,9 @@ def test_bad_flags_fail_before_anything_loads(extra, message, capsys):
 
 
 def test_lr_warmup_then_cosine_or_constant():
-    cfg = parse_args(BASE + ["--weighting", "uniform", "--lr", "1.0", "--min-lr", "0.1", "--warmup-steps", "4"])
+    cfg = parse_args(
+        BASE + ["--weighting", "uniform", "--lr", "1.0", "--min-lr", "0.1", "--warmup-steps", "4"]
+    )
     f = _lr_factor(cfg)
     assert [f(s) for s in range(4)] == pytest.approx([0.2, 0.4, 0.6, 0.8])
     assert f(4) == pytest.approx(1.0)
@@ -64,10 +78,18 @@ def test_context_extension_sets_positions_and_rope_base(tmp_path):
     want = 1.0 / 500000.0 ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)
     torch.testing.assert_close(lm.model.rotary_emb.inv_freq, want)
     # A shorter --seq-len never shrinks the model's context.
-    assert load_model(tmp_path / "m", seq_len=64, rope_theta=None).config.max_position_embeddings == 256
+    assert (
+        load_model(tmp_path / "m", seq_len=64, rope_theta=None).config.max_position_embeddings
+        == 256
+    )
     # Models with one RoPE per attention type get the new base in each.
-    config = SimpleNamespace(max_position_embeddings=8, rope_parameters={
-        "full_attention": {"rope_theta": 1.0}, "sliding_attention": {"rope_theta": 2.0}})
+    config = SimpleNamespace(
+        max_position_embeddings=8,
+        rope_parameters={
+            "full_attention": {"rope_theta": 1.0},
+            "sliding_attention": {"rope_theta": 2.0},
+        },
+    )
     extend_context(config, 16, 7.0)
     assert config.max_position_embeddings == 16
     assert [p["rope_theta"] for p in config.rope_parameters.values()] == [7.0, 7.0]
@@ -94,14 +116,27 @@ def _batch(step=0, rows=2, length=9):
 
 def _result(batch, fingerprint="f", window=4, stride=3, lengths=None):
     lengths = lengths or [batch.tokens.shape[1] - 1] * len(batch.tokens)
-    rows = [SimpleNamespace(logp_long=-np.ones(n, np.float32), logp_short=-np.ones(n, np.float32)) for n in lengths]
-    return SimpleNamespace(scorer="default", fingerprint=fingerprint, window=window, stride=stride, results=rows)
+    rows = [
+        SimpleNamespace(logp_long=-np.ones(n, np.float32), logp_short=-np.ones(n, np.float32))
+        for n in lengths
+    ]
+    return SimpleNamespace(
+        scorer="default", fingerprint=fingerprint, window=window, stride=stride, results=rows
+    )
 
 
 def test_service_scores_are_checked_against_their_batch():
     from tokenweight.trainer.data import batch_token_hash
 
-    source = ServiceSource("grpc://127.0.0.1:1", hybrid=False, window=None, stride=None, scorer="", depth=2, retry_for=1)
+    source = ServiceSource(
+        "grpc://127.0.0.1:1",
+        hybrid=False,
+        window=None,
+        stride=None,
+        scorer="",
+        depth=2,
+        retry_for=1,
+    )
     try:
         batch = _batch()
         good = source._check(batch, batch_token_hash(batch.tokens), _result(batch))
@@ -109,7 +144,9 @@ def test_service_scores_are_checked_against_their_batch():
         with pytest.raises(ScoreMismatchError, match="changed after they were sent"):
             source._check(batch, batch_token_hash(batch.tokens + 1), _result(batch))
         with pytest.raises(ScoreMismatchError, match="scorer changed mid-run"):
-            source._check(batch, batch_token_hash(batch.tokens), _result(batch, fingerprint="other"))
+            source._check(
+                batch, batch_token_hash(batch.tokens), _result(batch, fingerprint="other")
+            )
         with pytest.raises(ScoreMismatchError, match="has 7 values"):
             source._check(batch, batch_token_hash(batch.tokens), _result(batch, lengths=[8, 7]))
         with pytest.raises(ScoreMismatchError, match="1 logp_long arrays for 2 sequences"):
@@ -119,7 +156,9 @@ def test_service_scores_are_checked_against_their_batch():
 
 
 def test_hybrid_asks_for_logp_short_alone():
-    source = ServiceSource("grpc://127.0.0.1:1", hybrid=True, window=8, stride=4, scorer="", depth=2, retry_for=1)
+    source = ServiceSource(
+        "grpc://127.0.0.1:1", hybrid=True, window=8, stride=4, scorer="", depth=2, retry_for=1
+    )
     try:
         assert source.outputs == ("logp_short",) and source.long_from_model
     finally:
@@ -128,12 +167,14 @@ def test_hybrid_asks_for_logp_short_alone():
 
 def test_precomputed_rows_are_cut_like_the_tokens():
     full = np.random.default_rng(0).standard_normal((2, 15)).astype(np.float32)
-    store = SimpleNamespace(path="store", get=lambda indices: (full[indices], full[indices] - 1), close=lambda: None)
+    store = SimpleNamespace(
+        path="store", get=lambda indices: (full[indices], full[indices] - 1), close=lambda: None
+    )
     batch = _batch(length=9)  # rows cut from 16 to 9 tokens by --seq-len
-    (_, scores), = PrecomputedSource(store, long_from_model=False).scored([batch])
+    ((_, scores),) = PrecomputedSource(store, long_from_model=False).scored([batch])
     np.testing.assert_array_equal(scores.logp_long, full[:, :8])
     np.testing.assert_array_equal(scores.logp_short, full[:, :8] - 1)
-    (_, scores), = PrecomputedSource(store, long_from_model=True).scored([batch])
+    ((_, scores),) = PrecomputedSource(store, long_from_model=True).scored([batch])
     assert scores.logp_long is None
     full[0, 3] = np.nan
     with pytest.raises(ScoreMismatchError, match="NaN"):

@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 import threading
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +27,15 @@ def save_tiny_model(path: Path, arch: str = "llama", seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     common = dict(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        bos_token_id=BOS, eos_token_id=2,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=BOS,
+        eos_token_id=2,
     )
     if arch == "llama":
         model = LlamaForCausalLM(LlamaConfig(**common))
@@ -46,7 +54,15 @@ def make_data(path: Path, seed: int = 0) -> Path:
     rows[:, 0] = BOS
     writer = ShardWriter(Path(path), SEQ_LEN, 16)
     writer.add(rows.reshape(-1))
-    writer.finish({"vocab_size": VOCAB, "eos_token_id": 2, "bos_token_id": BOS, "tokenizer": "synthetic", "inputs": []})
+    writer.finish(
+        {
+            "vocab_size": VOCAB,
+            "eos_token_id": 2,
+            "bos_token_id": BOS,
+            "tokenizer": "synthetic",
+            "inputs": [],
+        }
+    )
     return path
 
 
@@ -57,11 +73,15 @@ def free_port() -> int:
 
 
 class Scorer:
-    """A real `tokenweight serve` subprocess on 127.0.0.1 (gRPC only), restartable on its port."""
+    """A real `tokenweight serve` subprocess on 127.0.0.1, restartable on its port; gRPC only
+    unless `http` (then its /metrics tells which calls it answered)."""
 
-    def __init__(self, model_dir: Path, window: int = WINDOW, port: int | None = None):
+    def __init__(
+        self, model_dir: Path, window: int = WINDOW, port: int | None = None, http: bool = False
+    ):
         self.model_dir, self.window = model_dir, window
         self.port = port or free_port()
+        self.http_port = free_port() if http else None
         self.log: list[str] = []
         self.proc = None
         self.start()
@@ -72,20 +92,39 @@ class Scorer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tokenweight.cli", "serve", "--model", str(self.model_dir),
-             "--window", str(self.window), "--device", "cpu", "--grpc-port", str(self.port), "--no-http"],
-            stderr=subprocess.PIPE, text=True, env=_env(),
+            [
+                sys.executable,
+                "-m",
+                "tokenweight.cli",
+                "serve",
+                "--model",
+                str(self.model_dir),
+                "--window",
+                str(self.window),
+                "--device",
+                "cpu",
+                "--grpc-port",
+                str(self.port),
+                *(["--http-port", str(self.http_port)] if self.http_port else ["--no-http"]),
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
         )
         for line in self.proc.stderr:
             self.log.append(line)
             if "ready:" in line:
                 break
         else:
-            raise RuntimeError("tokenweight serve exited before it was ready:\n" + "".join(self.log))
+            raise RuntimeError(
+                "tokenweight serve exited before it was ready:\n" + "".join(self.log)
+            )
         port = int(re.search(r"grpc=[^ ]+:(\d+)", line).group(1))
         assert port == self.port, line
         # Keep draining its log so a full pipe never blocks the server.
-        threading.Thread(target=lambda p=self.proc: [self.log.append(x) for x in p.stderr], daemon=True).start()
+        threading.Thread(
+            target=lambda p=self.proc: [self.log.append(x) for x in p.stderr], daemon=True
+        ).start()
 
     def kill(self) -> None:
         self.proc.kill()
@@ -96,6 +135,21 @@ class Scorer:
             self.proc.terminate()
             self.proc.wait(30)
 
+    def score_calls(self) -> float:
+        """Score calls this server answered OK so far, from its Prometheus /metrics."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        url = f"http://127.0.0.1:{self.http_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "tokenweight_grpc_requests_total"
+            and sample.labels == {"method": "Score", "code": "OK"}
+        )
+
 
 def _env() -> dict:
     # One thread per process: two ranks and a scorer share the CI machine's cores.
@@ -104,19 +158,96 @@ def _env() -> dict:
 
 def torchrun_args(model: Path, data: Path, out: Path, *extra) -> list[str]:
     return [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        "-m", "tokenweight.trainer", "--model", str(model), "--data", str(data), "--out", str(out),
-        "--seq-len", str(SEQ_LEN), "--batch-size", "2", "--device", "cpu", "--no-progress",
-        "--lr", "1e-3", "--dump-weights", str(out / "dump"), *map(str, extra),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "tokenweight.trainer",
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--seq-len",
+        str(SEQ_LEN),
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--lr",
+        "1e-3",
+        "--dump-weights",
+        str(out / "dump"),
+        *map(str, extra),
     ]
 
 
 def train(model: Path, data: Path, out: Path, *extra) -> str:
     """Run the 2-rank CPU trainer to completion; returns its log (stdout + stderr)."""
-    proc = subprocess.run(torchrun_args(model, data, out, *extra), capture_output=True, text=True, env=_env(), timeout=300)
+    proc = subprocess.run(
+        torchrun_args(model, data, out, *extra),
+        check=False,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-6000:]
     return output
+
+
+class BackgroundTraining:
+    """The 2-rank CPU trainer started in the background (to act on it mid-run), its log
+    collected as it goes."""
+
+    def __init__(self, model: Path, data: Path, out: Path, *extra):
+        self.out = out
+        self.proc = subprocess.Popen(
+            torchrun_args(model, data, out, *extra),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=_env(),
+        )
+        self.output: list[str] = []
+        self._reader = threading.Thread(
+            target=lambda: self.output.extend(self.proc.stdout), daemon=True
+        )
+        self._reader.start()
+
+    @property
+    def log(self) -> str:
+        return "".join(self.output)
+
+    def steps_done(self) -> int:
+        from tokenweight.trainer.metrics_log import read_metrics
+
+        metrics = self.out / "metrics.jsonl"
+        return len(read_metrics(metrics)) if metrics.exists() else 0
+
+    def wait_for_step(self, step: int, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while self.steps_done() < step:
+            assert self.proc.poll() is None and time.monotonic() < deadline, self.log[-4000:]
+            time.sleep(0.01)
+
+    def finish(self, timeout: float = 240) -> str:
+        """Wait for a clean exit; returns the whole log."""
+        assert self.proc.wait(timeout) == 0, self.log[-6000:]
+        self._reader.join(10)
+        return self.log
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+        self._reader.join(10)
 
 
 def losses(out: Path) -> dict[int, float]:
@@ -141,7 +272,9 @@ def batch_tokens(data: Path, indices) -> np.ndarray:
     return TokenShards(data).take(indices).astype(np.int64)[:, :SEQ_LEN]
 
 
-def scorer_arrays(url: str, tokens: np.ndarray, outputs=("logp_long", "logp_short")) -> dict[str, np.ndarray]:
+def scorer_arrays(
+    url: str, tokens: np.ndarray, outputs=("logp_long", "logp_short")
+) -> dict[str, np.ndarray]:
     """The scorer's own arrays for a batch, fetched independently of the trainer."""
     from tokenweight.client import ScorerClient
 
@@ -150,13 +283,30 @@ def scorer_arrays(url: str, tokens: np.ndarray, outputs=("logp_long", "logp_shor
     return {name: np.stack([getattr(r, name) for r in result.results]) for name in outputs}
 
 
-def expected_weights(preset: str, loss_long: np.ndarray, loss_short: np.ndarray, **params) -> np.ndarray:
+def expected_weights(
+    preset: str, loss_long: np.ndarray, loss_short: np.ndarray, **params
+) -> np.ndarray:
     import torch
 
     from tokenweight.trainer.weighting import WeightingConfig, compute_weights
 
     config = WeightingConfig.from_preset(preset, **params)
     return compute_weights(torch.as_tensor(loss_long), torch.as_tensor(loss_short), config).numpy()
+
+
+def check_weights(record: dict, preset: str, loss_long, loss_short, **params) -> None:
+    """The weights a micro-batch trained with are `compute_weights` of the scorer's arrays.
+
+    Exactly so for the arrays the trainer received (dumped beside the weights); the arrays
+    fetched independently here agree with those to float32 rounding only, because the
+    service's dynamic batching groups requests differently, which moves the last bits.
+    """
+    applied = expected_weights(preset, record["loss_long"], record["loss_short"], **params)
+    np.testing.assert_array_equal(record["weights"], applied)
+    np.testing.assert_allclose(record["loss_long"], loss_long, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(record["loss_short"], loss_short, rtol=0, atol=1e-5)
+    want = expected_weights(preset, loss_long, loss_short, **params)
+    np.testing.assert_allclose(record["weights"], want, rtol=0, atol=1e-5)
 
 
 def check_rank_data(found: dict, steps: int, grad_accum: int = 1) -> None:
@@ -172,3 +322,20 @@ def check_rank_data(found: dict, steps: int, grad_accum: int = 1) -> None:
     assert len(found) == 2 * steps * grad_accum
     if len(seen) <= ROWS:  # within one epoch no sequence repeats
         assert len(set(seen)) == len(seen)
+
+
+def check_trained_with_scores_of(url: str, out: Path, data: Path, steps: int) -> None:
+    """All `steps` steps logged; every data step trained once, in order, none skipped; each
+    micro-batch on its own rows with the dense weights of exactly those rows' scores, fetched
+    again from the scorer at `url`."""
+    from tokenweight.trainer.data import batch_token_hash
+    from tokenweight.trainer.metrics_log import read_metrics
+
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == list(range(1, steps + 1))
+    found = dumps(out)
+    check_rank_data(found, steps)
+    for record in found.values():
+        tokens = batch_tokens(data, record["indices"])
+        assert str(record["token_hash"]) == batch_token_hash(tokens)
+        scores = scorer_arrays(url, tokens)
+        check_weights(record, "dense", -scores["logp_long"], -scores["logp_short"])

@@ -59,7 +59,9 @@ class TrainConfig:
         return self.weighting != "uniform"
 
     def weighting_config(self) -> WeightingConfig:
-        return WeightingConfig.from_preset(self.weighting, seed=self.seed, **self.weighting_params())
+        return WeightingConfig.from_preset(
+            self.weighting, seed=self.seed, **self.weighting_params()
+        )
 
     def weighting_params(self) -> dict:
         given = {"lam": self.lam, "kappa": self.kappa, "gamma": self.gamma, "c": self.shift}
@@ -75,52 +77,146 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a Hugging Face causal LM with token-weighted cross-entropy.",
     )
     g = p.add_argument_group("model and data")
-    g.add_argument("--model", required=True, help="local Hugging Face checkpoint directory (safetensors)")
+    g.add_argument(
+        "--model", required=True, help="local Hugging Face checkpoint directory (safetensors)"
+    )
     g.add_argument("--data", required=True, help="dataset prepared by `tokenweight prepare`")
-    g.add_argument("--out", required=True, help="run directory: metrics.jsonl, checkpoints/, model/")
-    g.add_argument("--seq-len", type=int, help="training context; longer dataset rows are cut to it, and the model's max positions grow to it (default: the dataset's rows)")
-    g.add_argument("--rope-theta", type=float, help="new RoPE base for context extension (default: the checkpoint's)")
-    g.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=True, help="recompute each decoder layer in the backward (default: on)")
+    g.add_argument(
+        "--out", required=True, help="run directory: metrics.jsonl, checkpoints/, model/"
+    )
+    g.add_argument(
+        "--seq-len",
+        type=int,
+        help="training context; longer dataset rows are cut to it, and the model's max positions grow to it (default: the dataset's rows)",
+    )
+    g.add_argument(
+        "--rope-theta",
+        type=float,
+        help="new RoPE base for context extension (default: the checkpoint's)",
+    )
+    g.add_argument(
+        "--activation-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="recompute each decoder layer in the backward (default: on)",
+    )
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch-size", type=int, default=8, help="sequences per rank per micro-batch")
     g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     g.add_argument("--lr", type=float, default=2e-5, help="peak learning rate (AdamW)")
-    g.add_argument("--min-lr", type=float, default=0.0, help="learning rate at the end of the cosine schedule")
+    g.add_argument(
+        "--min-lr", type=float, default=0.0, help="learning rate at the end of the cosine schedule"
+    )
     g.add_argument("--weight-decay", type=float, default=0.0)
     g.add_argument("--warmup-steps", type=int, default=0, help="linear warmup from 0 to --lr")
-    g.add_argument("--schedule", choices=("constant", "cosine"), default="cosine", help="after warmup")
+    g.add_argument(
+        "--schedule", choices=("constant", "cosine"), default="cosine", help="after warmup"
+    )
     g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0 = off)")
-    g.add_argument("--max-steps", type=int, required=True, help="optimizer steps in total (a resumed run continues to it)")
+    g.add_argument(
+        "--max-steps",
+        type=int,
+        required=True,
+        help="optimizer steps in total (a resumed run continues to it)",
+    )
     g.add_argument("--seed", type=int, default=0, help="data order, weighting tie-breaks and RNG")
 
     g = p.add_argument_group("devices")
-    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="cuda: one GPU per rank (LOCAL_RANK), NCCL; cpu: gloo")
-    g.add_argument("--parallel", choices=("ddp", "fsdp"), default="ddp", help="replicate (DDP) or shard (FSDP2 fully_shard) the model")
+    g.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda"),
+        help="cuda: one GPU per rank (LOCAL_RANK), NCCL; cpu: gloo",
+    )
+    g.add_argument(
+        "--parallel",
+        choices=("ddp", "fsdp"),
+        default="ddp",
+        help="replicate (DDP) or shard (FSDP2 fully_shard) the model",
+    )
 
     g = p.add_argument_group("scores and weighting")
-    g.add_argument("--score-source", choices=SCORE_SOURCES, help="where logp_long/logp_short come from (default: precomputed with --scores, service with --scorer-url)")
-    g.add_argument("--scorer-url", help="grpc://HOST:PORT[,grpc://HOST2:PORT] of `tokenweight serve`")
-    g.add_argument("--scorer-name", default="", help="scorer to ask on the server (default: its default scorer)")
-    g.add_argument("--scorer-retry-for", type=float, default=3600.0, help="seconds to keep retrying an unreachable scorer before the run stops (resume it with --resume auto)")
-    g.add_argument("--prefetch-depth", type=int, default=3, help="batches whose scores are requested ahead of the training step")
-    g.add_argument("--scores", help="score store written by `tokenweight precompute` (precomputed source)")
-    g.add_argument("--long-from-model", action="store_true", help="precomputed: take logp_long from the training forward instead of the store (hybrid without a live scorer)")
-    g.add_argument("--weighting", choices=PRESETS, default="dense", help="postprocessing preset (DESIGN §1)")
+    g.add_argument(
+        "--score-source",
+        choices=SCORE_SOURCES,
+        help="where logp_long/logp_short come from (default: precomputed with --scores, service with --scorer-url)",
+    )
+    g.add_argument(
+        "--scorer-url", help="grpc://HOST:PORT[,grpc://HOST2:PORT] of `tokenweight serve`"
+    )
+    g.add_argument(
+        "--scorer-name",
+        default="",
+        help="scorer to ask on the server (default: its default scorer)",
+    )
+    g.add_argument(
+        "--scorer-retry-for",
+        type=float,
+        default=3600.0,
+        help="seconds to keep retrying an unreachable scorer before the run stops (resume it with --resume auto)",
+    )
+    g.add_argument(
+        "--prefetch-depth",
+        type=int,
+        default=3,
+        help="batches whose scores are requested ahead of the training step",
+    )
+    g.add_argument(
+        "--scores", help="score store written by `tokenweight precompute` (precomputed source)"
+    )
+    g.add_argument(
+        "--long-from-model",
+        action="store_true",
+        help="precomputed: take logp_long from the training forward instead of the store (hybrid without a live scorer)",
+    )
+    g.add_argument(
+        "--weighting", choices=PRESETS, default="dense", help="postprocessing preset (DESIGN §1)"
+    )
     g.add_argument("--lam", type=float, help="dense: interpolation lambda (default 0.75)")
     g.add_argument("--kappa", type=float, help="sparse/ppmi/npmi: kept fraction (default 0.2)")
     g.add_argument("--gamma", type=float, help="longce: truncation (default 5)")
     g.add_argument("--shift", type=float, help="ppmi/npmi: the shift c (default 2)")
-    g.add_argument("--window", type=int, help="short-context window k (service/hybrid: scorer default; self: 1024)")
+    g.add_argument(
+        "--window",
+        type=int,
+        help="short-context window k (service/hybrid: scorer default; self: 1024)",
+    )
     g.add_argument("--stride", type=int, help="chunk stride s (default 3k/4)")
-    g.add_argument("--self-token-budget", type=int, help="self source: tokens per no-grad scoring forward (default: the engine's)")
+    g.add_argument(
+        "--self-token-budget",
+        type=int,
+        help="self source: tokens per no-grad scoring forward (default: the engine's)",
+    )
 
     g = p.add_argument_group("checkpoints and logs")
-    g.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps into OUT/checkpoints/step_N (the last step is always saved)")
-    g.add_argument("--resume", help="checkpoint directory to resume from, or `auto` for the latest in OUT/checkpoints")
-    g.add_argument("--stop-at", type=int, metavar="STEP", help="end this invocation after step STEP (checkpointed there) while keeping the schedule of --max-steps; continue with --resume auto")
-    g.add_argument("--dump-weights", metavar="DIR", help="debug: save each rank's micro-batch indices, token hash, losses and applied weights to DIR/step{S}_micro{M}_rank{R}.npz")
-    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar on rank 0")
+    g.add_argument(
+        "--save-every",
+        type=int,
+        default=0,
+        help="checkpoint every N steps into OUT/checkpoints/step_N (the last step is always saved)",
+    )
+    g.add_argument(
+        "--resume",
+        help="checkpoint directory to resume from, or `auto` for the latest in OUT/checkpoints",
+    )
+    g.add_argument(
+        "--stop-at",
+        type=int,
+        metavar="STEP",
+        help="end this invocation after step STEP (checkpointed there) while keeping the schedule of --max-steps; continue with --resume auto",
+    )
+    g.add_argument(
+        "--dump-weights",
+        metavar="DIR",
+        help="debug: save each rank's micro-batch indices, token hash, losses and applied weights to DIR/step{S}_micro{M}_rank{R}.npz",
+    )
+    g.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="progress bar on rank 0",
+    )
     return p
 
 
@@ -155,16 +251,24 @@ def _score_source(ns, parser) -> str | None:
 def check(c: TrainConfig) -> None:
     for name in ("batch_size", "grad_accum", "max_steps", "prefetch_depth"):
         if getattr(c, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(c, name)}")
+            raise ValueError(
+                f"--{name.replace('_', '-')} must be at least 1, got {getattr(c, name)}"
+            )
     for name in ("warmup_steps", "save_every"):
         if getattr(c, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(c, name)}")
     if c.stop_at is not None and not 1 <= c.stop_at <= c.max_steps:
-        raise ValueError(f"--stop-at must be between 1 and --max-steps {c.max_steps}, got {c.stop_at}")
+        raise ValueError(
+            f"--stop-at must be between 1 and --max-steps {c.max_steps}, got {c.stop_at}"
+        )
     if c.seq_len is not None and c.seq_len < 2:
-        raise ValueError(f"--seq-len must be at least 2 (one target needs two tokens), got {c.seq_len}")
+        raise ValueError(
+            f"--seq-len must be at least 2 (one target needs two tokens), got {c.seq_len}"
+        )
     if c.score_source in ("service", "hybrid") and not c.scorer_url:
         raise ValueError(f"--score-source {c.score_source} needs --scorer-url grpc://HOST:PORT")
     if c.score_source == "precomputed" and not c.scores:
-        raise ValueError("--score-source precomputed needs --scores PATH (from `tokenweight precompute`)")
+        raise ValueError(
+            "--score-source precomputed needs --scores PATH (from `tokenweight precompute`)"
+        )
     c.weighting_config()  # raises ValueError naming a bad parameter

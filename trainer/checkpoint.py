@@ -56,7 +56,9 @@ def resolve_resume(resume: str | None, out: str | Path) -> Path | None:
         return latest(out)
     path = Path(resume)
     if not (path / META).is_file():
-        raise FileNotFoundError(f"{path} is not a completed checkpoint (no {META}); pass OUT/checkpoints/step_N or `auto`")
+        raise FileNotFoundError(
+            f"{path} is not a completed checkpoint (no {META}); pass OUT/checkpoints/step_N or `auto`"
+        )
     return path
 
 
@@ -101,7 +103,9 @@ def load(path: Path, model, optimizer, d: Dist) -> dict:
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optim": optim_state}
     dcp.load(state, checkpoint_id=str(path))
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    set_state_dict(
+        model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
+    )
     return torch.load(path / f"trainer_rank{d.rank}.pt", weights_only=True)
 
 
@@ -111,7 +115,9 @@ def export_model(model, lm, source_dir: str | Path, out_dir: Path, d: Dist) -> N
     The tokenizer files of the source checkpoint are copied beside it, so the export can be
     served or trained further as it is.
     """
-    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    full = get_model_state_dict(
+        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
     if d.is_main:
         state = {name.removeprefix("lm."): tensor for name, tensor in full.items()}
         lm.save_pretrained(out_dir, state_dict=state)

@@ -24,7 +24,9 @@ def extend_context(config, seq_len: int | None, rope_theta: float | None) -> Non
         return
     params = getattr(config, "rope_parameters", None)
     if not isinstance(params, dict):
-        raise ModelLoadError(f"{type(config).__name__} has no rope_parameters: --rope-theta needs a RoPE model")
+        raise ModelLoadError(
+            f"{type(config).__name__} has no rope_parameters: --rope-theta needs a RoPE model"
+        )
     nested = [v for v in params.values() if isinstance(v, dict)]
     for entry in nested or [params]:
         entry["rope_theta"] = rope_theta
@@ -42,7 +44,9 @@ def load_model(path: str | Path, seq_len: int | None, rope_theta: float | None) 
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"{path} is not a Hugging Face checkpoint directory (no config.json)")
     if not any(path.glob("*.safetensors")):
-        raise ModelLoadError(f"{path} has no safetensors weights; convert it with save_pretrained(safe_serialization=True)")
+        raise ModelLoadError(
+            f"{path} has no safetensors weights; convert it with save_pretrained(safe_serialization=True)"
+        )
     config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     extend_context(config, seq_len, rope_theta)
     model = AutoModelForCausalLM.from_pretrained(

@@ -36,7 +36,7 @@ def init_distributed(device: str) -> Dist:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was requested but CUDA is not available on this machine")
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "cuda":
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
@@ -59,7 +59,9 @@ def parallelize(model: nn.Module, mode: str, d: Dist) -> nn.Module:
     """
     if mode == "ddp":
         model.to(d.device)
-        return DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+        return DistributedDataParallel(
+            model, device_ids=[d.device.index] if d.device.type == "cuda" else None
+        )
     mesh = init_device_mesh(d.device.type, (d.world_size,))
     for layer in decoder_layers(model.lm):
         fully_shard(layer, mesh=mesh)

@@ -69,7 +69,17 @@ class ServiceSource:
     silently changing the weights.
     """
 
-    def __init__(self, urls: str, *, hybrid: bool, window: int | None, stride: int | None, scorer: str, depth: int, retry_for: float):
+    def __init__(
+        self,
+        urls: str,
+        *,
+        hybrid: bool,
+        window: int | None,
+        stride: int | None,
+        scorer: str,
+        depth: int,
+        retry_for: float,
+    ):
         from tokenweight.client.grpc_client import ScorerClient
         from tokenweight.client.retry import RetryPolicy
 
@@ -90,7 +100,10 @@ class ServiceSource:
         log.warning(
             "scorer unreachable (attempt %d, %.1f s so far): %s; retrying in %.2f s. Training "
             "waits for this batch's scores; no batch is skipped",
-            event.attempt, event.elapsed, event.error, event.delay,
+            event.attempt,
+            event.elapsed,
+            event.error,
+            event.delay,
         )
 
     def _score(self, batch: Batch):
@@ -98,7 +111,11 @@ class ServiceSource:
         # against the batch the trainer is about to train on.
         token_hash = batch_token_hash(batch.tokens)
         result = self.client.score(
-            list(batch.tokens), window=self.window, stride=self.stride, scorer=self.scorer or None, outputs=self.outputs
+            list(batch.tokens),
+            window=self.window,
+            stride=self.stride,
+            scorer=self.scorer or None,
+            outputs=self.outputs,
         )
         return token_hash, result
 
@@ -115,18 +132,30 @@ class ServiceSource:
                         "checkpoint with --resume auto"
                     ) from exc
                 if self._outage_since is not None:
-                    log.warning("scorer answering again after %.1f s; training continues", time.monotonic() - self._outage_since)
+                    log.warning(
+                        "scorer answering again after %.1f s; training continues",
+                        time.monotonic() - self._outage_since,
+                    )
                     self._outage_since = None
                 yield batch, self._check(batch, token_hash, result)
 
     def _check(self, batch: Batch, token_hash: str, result) -> BatchScores:
         where = f"batch of data step {batch.step} (sequences {batch.indices[:4].tolist()}...)"
         if batch_token_hash(batch.tokens) != token_hash:
-            raise ScoreMismatchError(f"the tokens of the {where} changed after they were sent to the scorer")
+            raise ScoreMismatchError(
+                f"the tokens of the {where} changed after they were sent to the scorer"
+            )
         settings = (result.fingerprint, result.window, result.stride)
         if self.pinned is None:
             self.pinned = settings
             log.info("scorer %r: fingerprint %s, window %d, stride %d", result.scorer, *settings)
+            if result.window >= batch.tokens.shape[1]:
+                log.warning(
+                    "the scorer's window %d is not shorter than the training rows (%d tokens): "
+                    "all contrasts are 0 and the weights uniform",
+                    result.window,
+                    batch.tokens.shape[1],
+                )
         elif settings != self.pinned:
             raise ScoreMismatchError(
                 f"the scorer changed mid-run: the {where} was scored with (fingerprint, window, stride) "
@@ -135,7 +164,9 @@ class ServiceSource:
             )
         arrays = {}
         for name in self.outputs:
-            arrays[name] = _stack(where, name, [getattr(r, name) for r in result.results], batch.tokens.shape)
+            arrays[name] = _stack(
+                where, name, [getattr(r, name) for r in result.results], batch.tokens.shape
+            )
         return BatchScores(arrays.get("logp_long"), arrays["logp_short"])
 
     def close(self) -> None:
@@ -161,7 +192,11 @@ class PrecomputedSource:
             where = f"batch of data step {batch.step} (score store {self.store.path})"
             targets = batch.tokens.shape[1] - 1
             short = _stack(where, "logp_short", list(logp_short[:, :targets]), batch.tokens.shape)
-            long = None if self.long_from_model else _stack(where, "logp_long", list(logp_long[:, :targets]), batch.tokens.shape)
+            long = (
+                None
+                if self.long_from_model
+                else _stack(where, "logp_long", list(logp_long[:, :targets]), batch.tokens.shape)
+            )
             yield batch, BatchScores(long, short)
 
     def close(self) -> None:
@@ -176,7 +211,9 @@ def _stack(where: str, name: str, rows: list, shape: tuple[int, int]) -> np.ndar
     for i, row in enumerate(rows):
         if row is None or row.shape != (length - 1,):
             got = "none" if row is None else f"{row.shape[0]} values"
-            raise ScoreMismatchError(f"{where}: sequence {i} has {got} of {name}, expected {length - 1}")
+            raise ScoreMismatchError(
+                f"{where}: sequence {i} has {got} of {name}, expected {length - 1}"
+            )
     array = np.stack(rows).astype(np.float32, copy=False)
     if not np.isfinite(array).all():
         raise ScoreMismatchError(f"{where}: {name} holds NaN or infinite values")
@@ -200,7 +237,10 @@ def self_logp_short(
     FSDP every rank runs the same forward calls (equal shapes give equal chunk plans), which
     the per-layer all-gathers need.
     """
-    jobs = [ScoreJob(row, window, stride, Outputs(score=False, logp_long=False, logp_short=True)) for row in tokens.cpu()]
+    jobs = [
+        ScoreJob(row, window, stride, Outputs(score=False, logp_long=False, logp_short=True))
+        for row in tokens.cpu()
+    ]
     was_training = lm.training
     lm.eval()
     try:
@@ -219,7 +259,15 @@ def make_source(cfg, shards):
     if cfg.score_source == "precomputed":
         from .score_store import ScoreStore
 
-        return PrecomputedSource(ScoreStore.open(cfg.scores, shards.content_hash), cfg.long_from_model)
+        store = ScoreStore.open(cfg.scores, shards.content_hash)
+        asked = {"window": cfg.window, "stride": cfg.stride}
+        for name, value in asked.items():
+            if value is not None and value != getattr(store.meta, name):
+                raise ValueError(
+                    f"--{name} {value} differs from the score store's {name} {getattr(store.meta, name)}; "
+                    "drop the flag or precompute scores with it"
+                )
+        return PrecomputedSource(store, cfg.long_from_model)
     return ServiceSource(
         cfg.scorer_url,
         hybrid=cfg.score_source == "hybrid",

@@ -21,13 +21,13 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
 from tokenweight.service.engine import default_options
-from tokenweight.service.logprobs import target_logprobs
+from tokenweight.service.logprobs import ForwardOptions, target_logprobs
 
 from . import checkpoint
+from . import metrics_log as m
 from .args import TrainConfig, parse_args
 from .data import Batch, RankBatches, TokenShards, batch_token_hash
 from .loss import weighted_cross_entropy
-from .metrics_log import METRICS_FILE, MetricsLog
 from .model import HiddenStates, apply_activation_checkpointing, load_model
 from .parallel import Dist, all_reduce, gradient_sync, init_distributed, parallelize, unshard_root
 from .scores import BatchScores, make_source, self_logp_short, self_window
@@ -87,19 +87,35 @@ def train(cfg: TrainConfig, d: Dist) -> None:
 
     source = make_source(cfg, shards)
     stream = source.scored(_batches(order, seq_len))
-    window, stride = self_window(cfg.window, cfg.stride) if source.short_from_model else (None, None)
-    self_options = default_options(d.device)
+    window, stride = (None, None)
+    if source.short_from_model:
+        window, stride = self_window(cfg.window, cfg.stride)
+        if window >= seq_len:
+            log.warning(
+                "--window %d >= --seq-len %d: every short context is the whole prefix, so all "
+                "contrasts are 0 and the weights uniform",
+                window,
+                seq_len,
+            )
+    options = default_options(d.device)
     if cfg.self_token_budget:
-        self_options = dataclasses.replace(self_options, token_budget=cfg.self_token_budget)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if d.device.type == "cuda" else contextlib.nullcontext()
-    metrics = MetricsLog(out / METRICS_FILE) if d.is_main else None
-    bar = tqdm(total=cfg.max_steps, initial=step, unit="step", disable=not (d.is_main and cfg.progress))
+        options = dataclasses.replace(options, token_budget=cfg.self_token_budget)
+    own = _OwnScores(model, lm, head, window, stride, options)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if d.device.type == "cuda"
+        else contextlib.nullcontext()
+    )
+    metrics = m.MetricsLog(out / m.METRICS_FILE) if d.is_main else None
+    bar = tqdm(
+        total=cfg.max_steps, initial=step, unit="step", disable=not (d.is_main and cfg.progress)
+    )
     if cfg.dump_weights:
         Path(cfg.dump_weights).mkdir(parents=True, exist_ok=True)
     log.info(
-        "training %s for %d steps: %d ranks x %d sequences x %d micro-batches of %d tokens, %s, "
-        "weighting %s, scores %s", cfg.model, cfg.max_steps, d.world_size, cfg.batch_size,
-        cfg.grad_accum, seq_len, cfg.parallel, cfg.weighting, cfg.score_source or "none",
+        f"training {cfg.model} for {cfg.max_steps} steps: {d.world_size} ranks x "
+        f"{cfg.batch_size} sequences x {cfg.grad_accum} micro-batches of {seq_len} tokens, "
+        f"{cfg.parallel}, weighting {cfg.weighting}, scores {cfg.score_source or 'none'}"
     )
 
     try:
@@ -116,20 +132,24 @@ def train(cfg: TrainConfig, d: Dist) -> None:
                 with gradient_sync(model, enabled=micro == cfg.grad_accum - 1):
                     with autocast:
                         hidden = model(tokens[:, :-1])
-                        loss_long, loss_short = _token_losses(
-                            source, scores, model, lm, head, hidden, tokens, window, stride, self_options
-                        )
-                        weights = None
-                        if loss_long is not None:
-                            weights = compute_weights(loss_long, loss_short, weighting, generator=tie_breaks)
+                        weights = loss_long = loss_short = None
+                        if cfg.needs_scores:
+                            loss_long, loss_short = own.losses(scores, hidden, tokens)
+                            weights = compute_weights(
+                                loss_long, loss_short, weighting, generator=tie_breaks
+                            )
                         result = weighted_cross_entropy(hidden, head, targets, weights)
                     (result.loss / cfg.grad_accum).backward()
                 stats.add(result, weights)
                 if cfg.dump_weights:
-                    _dump(cfg.dump_weights, step, micro, d.rank, batch, weights, loss_long, loss_short, result)
+                    name = f"step{step:06d}_micro{micro}_rank{d.rank}.npz"
+                    dump = Path(cfg.dump_weights) / name
+                    _dump(dump, batch, result, weights, loss_long, loss_short)
                 order.step = batch.step + 1  # the data position a checkpoint resumes at
 
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                model.parameters(), cfg.max_grad_norm or float("inf")
+            )
             lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
             scheduler.step()
@@ -138,18 +158,26 @@ def train(cfg: TrainConfig, d: Dist) -> None:
             record = stats.reduce(cfg.grad_accum, d.world_size)
             step_time = time.perf_counter() - started
             record.update(
-                step=step,
-                lr=lr,
-                grad_norm=_full(grad_norm),
-                tokens_per_s=cfg.grad_accum * cfg.batch_size * seq_len * d.world_size / step_time,
-                step_time_s=step_time,
+                {
+                    m.STEP: step,
+                    m.LR: lr,
+                    "grad_norm": _full(grad_norm),
+                    m.TOKENS_PER_S: cfg.grad_accum
+                    * cfg.batch_size
+                    * seq_len
+                    * d.world_size
+                    / step_time,
+                    "step_time_s": step_time,
+                }
             )
             if metrics:
                 metrics.log(record)
             bar.update(1)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", wait=f"{record['scorer_wait_s']:.2f}s")
+            bar.set_postfix(loss=f"{record[m.LOSS]:.4f}", wait=f"{record[m.SCORER_WAIT_S]:.2f}s")
 
-            if step in (cfg.max_steps, cfg.stop_at) or (cfg.save_every and step % cfg.save_every == 0):
+            if step in (cfg.max_steps, cfg.stop_at) or (
+                cfg.save_every and step % cfg.save_every == 0
+            ):
                 trainer_state = {
                     "step": step,
                     "scheduler": scheduler.state_dict(),
@@ -157,8 +185,14 @@ def train(cfg: TrainConfig, d: Dist) -> None:
                     "rng": checkpoint.rng_state(d.device),
                     "tie_breaks": tie_breaks.get_state(),
                 }
-                checkpoint.save(checkpoint.step_dir(out, step), model, optimizer, trainer_state, d,
-                                {"step": step, "config": cfg.to_dict()})
+                checkpoint.save(
+                    checkpoint.step_dir(out, step),
+                    model,
+                    optimizer,
+                    trainer_state,
+                    d,
+                    {"step": step, "config": cfg.to_dict()},
+                )
                 log.info("saved checkpoint %s", checkpoint.step_dir(out, step))
     finally:
         stream.close()
@@ -181,32 +215,41 @@ def _batches(order: RankBatches, seq_len: int) -> Iterator[Batch]:
         yield dataclasses.replace(batch, tokens=batch.tokens[:, :seq_len])
 
 
-def _token_losses(source, scores: BatchScores, model, lm, head, hidden, tokens, window, stride, options):
-    """(loss_long, loss_short) = -logp per target [B, T-1], or (None, None) for uniform weights.
+@dataclasses.dataclass
+class _OwnScores:
+    """The arrays a score source leaves None, from the model being trained.
 
-    Arrays the source left None come from the model being trained: `logp_long` from this
-    step's own forward (its hidden states, no second pass through the layers), `logp_short`
-    from no-grad chunk passes of the live model.
+    `logp_long` comes from this step's own forward (its hidden states through the LM head,
+    no second pass through the layers); `logp_short` from no-grad chunk passes of the live
+    model (`self`), with the `window`/`stride` and engine options of that source.
     """
-    if scores.logp_short is None and not source.short_from_model:
-        return None, None
-    device = tokens.device
-    with torch.no_grad():
+
+    model: torch.nn.Module  # the parallel wrapper
+    lm: torch.nn.Module  # the Hugging Face model inside it
+    head: torch.nn.Module
+    window: int | None
+    stride: int | None
+    options: ForwardOptions
+
+    @torch.no_grad()
+    def losses(self, scores: BatchScores, hidden, tokens) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss_long, loss_short) = -logp per target, [B, T-1] fp32."""
+        device = tokens.device
         if scores.logp_long is not None:
             loss_long = -torch.as_tensor(scores.logp_long, device=device)
         else:
             flat = hidden.detach().reshape(-1, hidden.shape[-1])
-            logp = target_logprobs(flat, head, tokens[:, 1:].reshape(-1), options.logits_budget)
-            loss_long = -logp.view(tokens.shape[0], -1)
+            targets = tokens[:, 1:].reshape(-1)
+            loss_long = -target_logprobs(flat, self.head, targets, self.options.logits_budget)
+            loss_long = loss_long.view(tokens.shape[0], -1)
         if scores.logp_short is not None:
-            loss_short = -torch.as_tensor(scores.logp_short, device=device)
-        else:
-            unshard_root(model)
-            loss_short = -self_logp_short(lm, tokens, window, stride, options)
-            # Targets t < window: the short context is the whole prefix and one model plays
-            # both parts, so the short prediction is the long one and the contrast exactly 0.
-            loss_short[:, : window - 1] = loss_long[:, : window - 1]
-    return loss_long, loss_short
+            return loss_long, -torch.as_tensor(scores.logp_short, device=device)
+        unshard_root(self.model)
+        loss_short = -self_logp_short(self.lm, tokens, self.window, self.stride, self.options)
+        # Targets t < window: the short context is the whole prefix and one model plays both
+        # parts, so the short prediction is the long one and the contrast exactly 0.
+        loss_short[:, : self.window - 1] = loss_long[:, : self.window - 1]
+        return loss_long, loss_short
 
 
 class _StepStats:
@@ -220,14 +263,16 @@ class _StepStats:
     def add(self, result, weights: torch.Tensor | None) -> None:
         n = result.num_targets.double()
         w = torch.ones_like(result.token_ce) if weights is None else weights.detach().double()
-        self.sums += torch.stack([
-            result.loss.detach().double(),
-            result.ce_mean.double(),
-            w.sum(),
-            (w * w).sum(),
-            (w > 0).sum().double(),
-            n,
-        ])
+        self.sums += torch.stack(
+            [
+                result.loss.detach().double(),
+                result.ce_mean.double(),
+                w.sum(),
+                (w * w).sum(),
+                (w > 0).sum().double(),
+                n,
+            ]
+        )
         self.maxima[0] = torch.maximum(self.maxima[0], w.max())
 
     def reduce(self, grad_accum: int, world_size: int) -> dict:
@@ -237,18 +282,18 @@ class _StepStats:
         mean = w_sum / n
         micro_batches = grad_accum * world_size
         return {
-            "loss": loss / micro_batches,
-            "loss_unweighted": ce / micro_batches,
-            "weight_mean": mean,
-            "weight_std": max(w_sq / n - mean * mean, 0.0) ** 0.5,
-            "weight_max": w_max,
-            "weight_nonzero": nonzero / n,
+            m.LOSS: loss / micro_batches,
+            m.LOSS_UNWEIGHTED: ce / micro_batches,
+            m.WEIGHT_MEAN: mean,
+            m.WEIGHT_STD: max(w_sq / n - mean * mean, 0.0) ** 0.5,
+            m.WEIGHT_MAX: w_max,
+            m.WEIGHT_NONZERO: nonzero / n,
             # The slowest rank's wait is the step's: the others wait for it in the all-reduce.
-            "scorer_wait_s": wait_max,
+            m.SCORER_WAIT_S: wait_max,
         }
 
 
-def _dump(directory, step, micro, rank, batch, weights, loss_long, loss_short, result) -> None:
+def _dump(path: Path, batch, result, weights, loss_long, loss_short) -> None:
     """Debug record of exactly what a micro-batch trained with (--dump-weights)."""
     applied = torch.ones_like(result.token_ce) if weights is None else weights
     arrays = {
@@ -261,7 +306,7 @@ def _dump(directory, step, micro, rank, batch, weights, loss_long, loss_short, r
     if loss_long is not None:
         arrays["loss_long"] = loss_long.float().cpu().numpy()
         arrays["loss_short"] = loss_short.float().cpu().numpy()
-    np.savez(Path(directory) / f"step{step:06d}_micro{micro}_rank{rank}.npz", **arrays)
+    np.savez(path, **arrays)
 
 
 def _lr_factor(cfg: TrainConfig):
@@ -284,7 +329,9 @@ def _load_schedule(scheduler: LambdaLR, optimizer, state: dict) -> None:
     scheduler.load_state_dict(state)
     # The schedule is a function of the step: evaluate it afresh, so a run resumed with
     # another --max-steps or --warmup-steps continues on the new curve, not the old one's.
-    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+    for group, base, factor in zip(
+        optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas
+    ):
         group["lr"] = base * factor(scheduler.last_epoch)
 
 
