@@ -22,11 +22,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from tokenweight.client.grpc_client import ScorerClient
+from tokenweight.client.prefetch import BatchScoringError, Prefetcher
+from tokenweight.client.retry import RetryPolicy
 from tokenweight.service.chunking import check_window, default_stride
 from tokenweight.service.engine import Outputs, ScoreJob, compute_logprobs
 from tokenweight.service.logprobs import ForwardOptions
 
 from .data import Batch, batch_token_hash
+from .score_store import ScoreStore
 
 log = logging.getLogger("tokenweight.trainer")
 
@@ -80,9 +84,6 @@ class ServiceSource:
         depth: int,
         retry_for: float,
     ):
-        from tokenweight.client.grpc_client import ScorerClient
-        from tokenweight.client.retry import RetryPolicy
-
         # Backoff capped at a few seconds: an idle trainer should notice a restarted scorer soon.
         retry = RetryPolicy.for_duration(retry_for, max_backoff=3.0, on_retry=self._on_retry)
         self.client = ScorerClient(urls, retry=retry)
@@ -120,8 +121,6 @@ class ServiceSource:
         return token_hash, result
 
     def scored(self, batches: Iterable[Batch]) -> Iterator[tuple[Batch, BatchScores]]:
-        from tokenweight.client.prefetch import BatchScoringError, Prefetcher
-
         with Prefetcher(batches, self._score, depth=self.depth) as prefetched:
             while True:
                 try:
@@ -257,8 +256,6 @@ def make_source(cfg, shards):
     if cfg.score_source == "self":
         return NoScores(short_from_model=True)
     if cfg.score_source == "precomputed":
-        from .score_store import ScoreStore
-
         store = ScoreStore.open(cfg.scores, shards.content_hash)
         asked = {"window": cfg.window, "stride": cfg.stride}
         for name, value in asked.items():
