@@ -113,38 +113,28 @@ def test_hybrid_takes_logp_long_from_the_training_forward(env, tmp_path):
             np.testing.assert_allclose(record["loss_long"], -long, atol=1e-4)
 
 
-def test_self_scores_with_the_live_model(env, tmp_path):
-    out = tmp_path / "self"
-    train(
-        env["model"],
-        env["data"],
-        out,
-        "--max-steps",
-        STEPS,
-        "--parallel",
-        "ddp",
-        "--score-source",
-        "self",
-        "--window",
-        WINDOW,
-        "--weighting",
-        "dense",
-    )
-    found = dumps(out)
-    check_rank_data(found, STEPS)
-    for (step, _, _), record in found.items():
-        ll, ls = record["loss_long"], record["loss_short"]
-        # t < window: one model plays both parts, so the contrast is exactly 0 there.
-        np.testing.assert_array_equal(ls[:, : WINDOW - 1], ll[:, : WINDOW - 1])
-        assert np.abs(ls[:, WINDOW:] - ll[:, WINDOW:]).max() > 1e-3
-        np.testing.assert_allclose(
-            record["weights"], expected_weights("dense", ll, ls), rtol=0, atol=1e-6
-        )
-        if step == 1:  # the untrained live model scores like the service with the same weights
-            scores = scorer_arrays(env["scorer"].url, check_batch(env, record))
-            np.testing.assert_allclose(
-                ls[:, WINDOW - 1 :], -scores["logp_short"][:, WINDOW - 1 :], atol=1e-5
-            )
+def test_self_scores_with_the_live_model_ddp_and_fsdp(env, tmp_path):
+    runs = {}
+    for parallel in ("ddp", "fsdp"):
+        out = tmp_path / parallel
+        flags = ["--max-steps", STEPS, "--parallel", parallel, "--score-source", "self"]
+        train(env["model"], env["data"], out, *flags, "--window", WINDOW, "--weighting", "dense")
+        found = dumps(out)
+        check_rank_data(found, STEPS)
+        for (step, _, _), record in found.items():
+            ll, ls = record["loss_long"], record["loss_short"]
+            # t < window: one model plays both parts, so the contrast is exactly 0 there.
+            np.testing.assert_array_equal(ls[:, : WINDOW - 1], ll[:, : WINDOW - 1])
+            assert np.abs(ls[:, WINDOW:] - ll[:, WINDOW:]).max() > 1e-3
+            np.testing.assert_array_equal(record["weights"], expected_weights("dense", ll, ls))
+            if step == 1:  # the untrained live model scores like the service with its weights
+                scores = scorer_arrays(env["scorer"].url, check_batch(env, record))
+                want = -scores["logp_short"][:, WINDOW - 1 :]
+                np.testing.assert_allclose(ls[:, WINDOW - 1 :], want, atol=1e-5)
+        runs[parallel] = losses(out)
+    # The chunk passes run between FSDP's forward and backward (layers gathered by their own
+    # hooks, the root kept gathered): sharded or not, the same training.
+    np.testing.assert_allclose(list(runs["fsdp"].values()), list(runs["ddp"].values()), rtol=1e-5)
 
 
 def test_precomputed_store_trains_a_tied_qwen2_with_fsdp(env, tmp_path):
