@@ -21,13 +21,13 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
 from tokenweight.service.engine import default_options
-from tokenweight.service.logprobs import ForwardOptions, target_logprobs
+from tokenweight.service.logprobs import ForwardOptions
 
 from . import checkpoint
 from . import metrics_log as m
 from .args import TrainConfig, parse_args
 from .data import Batch, RankBatches, TokenShards, batch_token_hash
-from .loss import weighted_cross_entropy
+from .loss import token_cross_entropy, weighted_mean
 from .model import HiddenStates, apply_activation_checkpointing, load_model
 from .parallel import Dist, all_reduce, gradient_sync, init_distributed, parallelize, unshard_root
 from .scores import BatchScores, make_source, self_logp_short, self_window
@@ -100,7 +100,7 @@ def train(cfg: TrainConfig, d: Dist) -> None:
     options = default_options(d.device)
     if cfg.self_token_budget:
         options = dataclasses.replace(options, token_budget=cfg.self_token_budget)
-    own = _OwnScores(model, lm, head, window, stride, options)
+    own = _OwnScores(model, lm, window, stride, options)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if d.device.type == "cuda"
@@ -132,13 +132,16 @@ def train(cfg: TrainConfig, d: Dist) -> None:
                 with gradient_sync(model, enabled=micro == cfg.grad_accum - 1):
                     with autocast:
                         hidden = model(tokens[:, :-1])
+                        # Per-token CE first: in `hybrid`/`self` it is loss_long itself, so
+                        # the weights come from the same LM-head pass the loss backpropagates.
+                        token_ce, real = token_cross_entropy(hidden, head, targets)
                         weights = loss_long = loss_short = None
                         if cfg.needs_scores:
-                            loss_long, loss_short = own.losses(scores, hidden, tokens)
+                            loss_long, loss_short = own.losses(scores, token_ce.detach(), tokens)
                             weights = compute_weights(
                                 loss_long, loss_short, weighting, generator=tie_breaks
                             )
-                        result = weighted_cross_entropy(hidden, head, targets, weights)
+                        result = weighted_mean(token_ce, real, weights)
                     (result.loss / cfg.grad_accum).backward()
                 stats.add(result, weights)
                 if cfg.dump_weights:
@@ -219,29 +222,26 @@ def _batches(order: RankBatches, seq_len: int) -> Iterator[Batch]:
 class _OwnScores:
     """The arrays a score source leaves None, from the model being trained.
 
-    `logp_long` comes from this step's own forward (its hidden states through the LM head,
-    no second pass through the layers); `logp_short` from no-grad chunk passes of the live
-    model (`self`), with the `window`/`stride` and engine options of that source.
+    `logp_long` is this step's own per-token CE (no second pass through the layers or the
+    LM head); `logp_short` comes from no-grad chunk passes of the live model (`self`), with
+    the `window`/`stride` and engine options of that source.
     """
 
     model: torch.nn.Module  # the parallel wrapper
     lm: torch.nn.Module  # the Hugging Face model inside it
-    head: torch.nn.Module
     window: int | None
     stride: int | None
     options: ForwardOptions
 
     @torch.no_grad()
-    def losses(self, scores: BatchScores, hidden, tokens) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss_long, loss_short) = -logp per target, [B, T-1] fp32."""
+    def losses(self, scores: BatchScores, model_ce, tokens) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss_long, loss_short) = -logp per target, [B, T-1] fp32; `model_ce` is the
+        training forward's detached per-token CE."""
         device = tokens.device
         if scores.logp_long is not None:
             loss_long = -torch.as_tensor(scores.logp_long, device=device)
         else:
-            flat = hidden.detach().reshape(-1, hidden.shape[-1])
-            targets = tokens[:, 1:].reshape(-1)
-            loss_long = -target_logprobs(flat, self.head, targets, self.options.logits_budget)
-            loss_long = loss_long.view(tokens.shape[0], -1)
+            loss_long = model_ce.float()
         if scores.logp_short is not None:
             return loss_long, -torch.as_tensor(scores.logp_short, device=device)
         unshard_root(self.model)
