@@ -17,6 +17,7 @@ A TOML config file hosts several scorers in one process:
     dtype = "bfloat16"                     # optional; bf16 on CUDA, fp32 on CPU
     device = "cuda:0"                      # optional; CUDA if available
     max_length = 32768                     # optional; default the model's positions
+    batch_invariant = true                 # optional; scores independent of batch company
 """
 
 import dataclasses
@@ -46,6 +47,8 @@ class ScorerConfig:
     allow_pickle: bool = False
     # Tokens per padded forward call inside the engine; None = the engine's default.
     token_budget: int | None = None
+    # Every pass in its own forward call: bit-identical scores whatever the batch company.
+    batch_invariant: bool = False
 
 
 @dataclass(frozen=True)

@@ -158,6 +158,7 @@ class ScoringEngine:
         stride: int | None = None,
         max_length: int | None = None,
         token_budget: int | None = None,
+        batch_invariant: bool | None = None,
         options: ForwardOptions | None = None,
         long_path: str = "",
         short_path: str = "",
@@ -191,6 +192,8 @@ class ScoringEngine:
         self.options = options or default_options(self.device)
         if token_budget:
             self.options = dataclasses.replace(self.options, token_budget=token_budget)
+        if batch_invariant is not None:
+            self.options = dataclasses.replace(self.options, batch_invariant=batch_invariant)
         self._digests = (
             long_digest or module_digest(long_model),
             "" if short_model is None else (short_digest or module_digest(short_model)),
@@ -224,6 +227,8 @@ class ScoringEngine:
     def fingerprint(self, window: int | None = None, stride: int | None = None) -> str:
         window, stride = self.resolve(window, stride)
         parts = [SCORING_VERSION, *self._digests, str(self.dtype), self.device.type]
+        if self.options.batch_invariant:
+            parts.append("batch-invariant")
         parts += [f"window={window}", f"stride={stride}"]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 

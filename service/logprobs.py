@@ -34,12 +34,16 @@ class ForwardOptions:
     e.g. ("CUDNN_ATTENTION", "FLASH_ATTENTION")); None keeps torch's own choice.
     `compile_logprobs`: fuse the fp32 upcast, gather and logsumexp of each LM-head slice
     with torch.compile, so the low-precision logits are read once instead of three times.
+    `batch_invariant`: run every pass in a forward call of its own, so a sequence's scores
+    are bit-identical whatever it is batched with (kernels pick tilings by shape, which moves
+    rounding); costs the batching speed-up on short sequences, little on long ones.
     """
 
     token_budget: int = 16384
     logits_budget: int = DEFAULT_LOGITS_BUDGET
     sdpa_backends: tuple[str, ...] | None = None
     compile_logprobs: bool = False
+    batch_invariant: bool = False
 
 
 def _slice_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -101,7 +105,9 @@ def base_hidden_states(model: nn.Module, input_ids: torch.Tensor) -> torch.Tenso
 MAX_PADDING_FRACTION = 0.25
 
 
-def batches_by_budget(segments: Sequence[Segment], token_budget: int) -> list[list[Segment]]:
+def batches_by_budget(
+    segments: Sequence[Segment], token_budget: int, batch_invariant: bool = False
+) -> list[list[Segment]]:
     """Group segments into padded batches of at most `token_budget` tokens (rows x length).
 
     Longest first, so each batch pads to its first row; a much shorter segment starts a new
@@ -109,6 +115,8 @@ def batches_by_budget(segments: Sequence[Segment], token_budget: int) -> list[li
     chunks to 32k). A segment longer than the budget runs alone.
     """
     ordered = sorted(segments, key=len, reverse=True)
+    if batch_invariant:
+        return [[seg] for seg in ordered]
     batches, current = [], []
     for seg in ordered:
         if current:
@@ -131,7 +139,7 @@ def run_segments(
     head = lm_head_of(model)
     index = {id(seg): i for i, seg in enumerate(segments)}
     results: list[torch.Tensor] = [torch.empty(0)] * len(segments)
-    for batch in batches_by_budget(segments, options.token_budget):
+    for batch in batches_by_budget(segments, options.token_budget, options.batch_invariant):
         width = len(batch[0])
         rows = torch.zeros(len(batch), width, dtype=torch.long)
         flat_positions, labels = [], []

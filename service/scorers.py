@@ -65,6 +65,7 @@ def load_scorers(configs: list[ScorerConfig]) -> dict[str, Scorer]:
                 stride=config.stride,
                 max_length=config.max_length,
                 token_budget=config.token_budget,
+                batch_invariant=config.batch_invariant,
                 long_path=long.path,
                 short_path=short.path if short else "",
                 long_digest=long.digest,

@@ -12,7 +12,9 @@ from .auth import TOKEN_ENV
 log = logging.getLogger("tokenweight.serve")
 
 # Flags that describe the single --model scorer; with --config the file says these.
-_SCORER_FLAGS = ("model", "short_model", "name", "window", "stride", "device", "dtype", "max_length")
+_SCORER_FLAGS = (
+    "model", "short_model", "name", "window", "stride", "device", "dtype", "max_length", "batch_invariant",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     what.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: bf16 on CUDA, fp32 on CPU")
     what.add_argument("--max-length", type=int, help="longest sequence accepted (default: the model's positions)")
+    what.add_argument(
+        "--batch-invariant", action="store_true", default=None,
+        help="run each pass in its own forward so scores never depend on what a request is "
+        "batched with (bit-identical; slower for short sequences)",
+    )
     what.add_argument("--allow-pickle", action="store_true", default=None, help="allow pytorch_model.bin checkpoints (runs code from the file)")
 
     net = parser.add_argument_group("network")
@@ -81,6 +88,7 @@ def build_config(args: argparse.Namespace):
         dtype=args.dtype,
         max_length=args.max_length,
         allow_pickle=bool(args.allow_pickle),
+        batch_invariant=bool(args.batch_invariant),
     )
     return ServeConfig([scorer], scorer.name, server_config({}, overrides))
 

@@ -258,3 +258,16 @@ def test_pair_with_different_vocabularies_refused(checkpoints, tmp_path):
 def test_not_a_checkpoint_directory(tmp_path):
     with pytest.raises(ModelLoadError, match="no config.json"):
         ScoringEngine.from_pretrained(tmp_path, device="cpu")
+
+
+def test_batch_invariant_scores_do_not_depend_on_batch_company(checkpoints):
+    engine = engine_for(checkpoints, "qwen2", K, 6)
+    engine.options = dataclasses.replace(engine.options, batch_invariant=True)
+    sequences = [np.array(make_sequence(n, True, n)) for n in (40, 3, 17, 26, 9)]
+    together = engine.score(sequences)
+    for seq, r in zip(sequences, together):
+        (alone,) = engine.score([seq])
+        for name in ("score", "logp_long", "logp_short"):
+            assert np.array_equal(getattr(r, name), getattr(alone, name))
+    plain = engine_for(checkpoints, "qwen2", K, 6)
+    assert plain.fingerprint() != engine.fingerprint()
