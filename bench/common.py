@@ -1,12 +1,18 @@
-"""Shared pieces of the GPU benchmarks: model shapes, FLOP counts, the measured ceiling."""
+"""Shared pieces of the GPU benchmarks: model shapes, FLOP counts, the measured ceiling, and
+the scorer and trainer processes of the end-to-end benchmarks."""
 
 import json
 import os
 import platform
+import re
 import statistics
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 RESULTS = Path(__file__).parent / "results"
@@ -96,3 +102,95 @@ def write_results(name: str, payload) -> Path:
     if os.environ.get("OUT"):
         (Path(os.environ["OUT"]) / name).write_text(out.read_text())
     return out
+
+
+# --- Trainer benchmarks: models on disk, data, scorer and trainer processes ---------------
+
+READY = re.compile(r"ready: grpc=[^ ]*:(\d+)")
+
+# Llama shapes with a 32000-token vocabulary: a small scorer, the 1B body as the trainee (or as
+# a frozen scorer of its own shape), and a tiny one for CPU smoke runs.
+TRAIN_SHAPES = {
+    "small": dict(hidden_size=512, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
+                  intermediate_size=2048, vocab_size=32000),
+    "1b-body": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+                    intermediate_size=8192, vocab_size=32000),
+    "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 intermediate_size=64, vocab_size=32000),
+}
+
+# Set in every process a benchmark starts. NVLink multicast stays off in NCCL, PyTorch and
+# NVSHMEM: on the shared multi-GPU hosts a program using it can take the GPUs out of service.
+# PYTHONSAFEPATH is `-P` for the processes torchrun itself starts (it runs `python -u -m`), so
+# the repo root never shadows the installed or shimmed package.
+CHILD_ENV = {
+    "NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1",
+    "PYTHONSAFEPATH": "1",
+}
+
+
+def child_env(**extra: str) -> dict:
+    return {**os.environ, **CHILD_ENV, **extra}
+
+
+def save_llama(shape: str, path: Path, max_positions: int) -> Path:
+    """A random-weight Llama of TRAIN_SHAPES[shape] (fp32) saved with save_pretrained."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(**TRAIN_SHAPES[shape], max_position_embeddings=max_positions, bos_token_id=1,
+                         eos_token_id=2)
+    LlamaForCausalLM(config).save_pretrained(path)
+    return path
+
+
+def write_tokens(path: Path, seq_len: int, rows: int) -> Path:
+    """`rows` rows of random tokens, prepared as `tokenweight prepare` would."""
+    from tokenweight.trainer.prepare import ShardWriter
+
+    writer = ShardWriter(path, seq_len)
+    rng = np.random.default_rng(0)
+    writer.add(rng.integers(3, 32000, size=seq_len * rows).astype(np.int32))
+    writer.finish({"vocab_size": 32000, "eos_token_id": 2, "bos_token_id": 1, "tokenizer": "random"})
+    return path
+
+
+def serve(model_dir, window: int, *extra: str, device: str = "cuda", env: dict | None = None):
+    """Start `tokenweight serve` (gRPC only, any free port); returns (process, grpc URL) once ready."""
+    # -P: the repo root must not shadow the installed (or shimmed) package
+    cmd = [sys.executable, "-P", "-m", "tokenweight.cli", "serve", "--model", str(model_dir), "--window",
+           str(window), "--device", device, "--grpc-port", "0", "--no-http", "--queue-size", "4096", *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env or child_env())
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if m := READY.search(line):
+            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+            return proc, f"grpc://127.0.0.1:{m.group(1)}"
+    raise RuntimeError("server exited before it was ready:\n" + "".join(seen[-30:]))
+
+
+def trainer_command(ranks: int, model, data, out, url: str, *, seq_len: int, steps: int, device: str,
+                    window: int, extra: tuple = ()) -> list[str]:
+    """`torchrun` of the trainer with scores from the service (`--scorer-url` may list replicas)."""
+    return [sys.executable, "-P", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+            str(ranks), "-m", "tokenweight.trainer", "--model", str(model), "--data", str(data),
+            "--out", str(out), "--seq-len", str(seq_len), "--batch-size", "1", "--max-steps", str(steps),
+            "--device", device, "--score-source", "service", "--scorer-url", url, "--weighting", "dense",
+            "--window", str(window), "--no-progress", *map(str, extra)]
+
+
+def steady_summary(records: list[dict], warmup: int = 3) -> dict:
+    """Step time, throughput and scorer wait over a run's steps after the first `warmup`
+    (those include compilation and allocator warm-up)."""
+    steady = records[warmup:]
+    step_time = sum(r["step_time_s"] for r in steady)
+    wait = sum(r["scorer_wait_s"] for r in steady)
+    return dict(
+        steps_measured=len(steady), mean_step_time_s=step_time / len(steady),
+        tokens_per_s=sum(r["tokens_per_s"] * r["step_time_s"] for r in steady) / step_time,
+        mean_scorer_wait_s=wait / len(steady), wait_fraction=wait / step_time,
+        max_step_wait_fraction=max(r["scorer_wait_s"] / r["step_time_s"] for r in steady),
+        max_scorer_wait_s=max(r["scorer_wait_s"] for r in steady),
+    )

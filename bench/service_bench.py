@@ -7,8 +7,6 @@ Starts real `tokenweight serve` processes on loopback; clients are threads of th
 using the project's ScorerClient.
 """
 
-import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -19,25 +17,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import build_model, machine, write_results  # noqa: E402
+from common import build_model, machine, serve, write_results  # noqa: E402
 from tokenweight.client import ScorerClient  # noqa: E402
 from tokenweight.service.engine import ScoringEngine  # noqa: E402
-
-READY = re.compile(r"ready: grpc=[^ ]*:(\d+)")
-
-
-def serve(model_dir: str, window: int, *extra: str):
-    # -P: the repo root must not shadow the installed (or shimmed) package
-    cmd = [sys.executable, "-P", "-m", "tokenweight.cli", "serve", "--model", model_dir, "--window",
-           str(window), "--device", "cuda", "--grpc-port", "0", "--no-http", "--queue-size", "4096", *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if m := READY.search(line):
-            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
-            return proc, f"grpc://127.0.0.1:{m.group(1)}"
-    raise RuntimeError("server exited before it was ready:\n" + "".join(seen[-30:]))
 
 
 def concurrent_throughput(url, requests: list[list[np.ndarray]], clients: int) -> float:
