@@ -33,6 +33,10 @@ from .scoring import SERVING, ScoringService
 from .text import tokenize
 
 MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
+# How often a waiting request checks whether its client is still there.
+DISCONNECT_POLL_S = 0.05
+# nginx's "client closed request": nobody reads it, but metrics count it apart from errors.
+CLIENT_CLOSED = 499
 
 _ERRORS = {
     code: {"model": ErrorBody}
@@ -51,6 +55,59 @@ _SCORE_OPENAPI = {
 def body_limit(config: ServerConfig) -> int:
     """Bytes of the largest score body accepted: ~12 characters per token id in JSON."""
     return 16 * config.max_request_tokens + 8 * config.max_sequences + (64 << 10)
+
+
+class RequestMetrics:
+    """Counts requests by route and status and times them.
+
+    A plain ASGI middleware rather than `@app.middleware("http")`: Starlette's
+    BaseHTTPMiddleware hides the client's disconnect from the endpoint, and the score route
+    needs to see it to drop abandoned requests.
+    """
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        status = 500
+
+        async def send_counted(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_counted)
+        finally:
+            # The router records the matched route in the shared scope.
+            route = scope.get("route")
+            path = route.path if route is not None else "unmatched"
+            self.metrics.http_requests.labels(path, str(status)).inc()
+            self.metrics.http_latency.labels(path).observe(time.perf_counter() - start)
+
+
+class ClientGone(Exception):
+    """The HTTP client disconnected before its answer was ready."""
+
+
+async def unless_disconnected(request: Request, work):
+    """Await `work`, cancelling it if the client disconnects first.
+
+    A client that gave up (its own timeout, a closed tab) gets its request dropped from the
+    batcher's queue before it reaches the engine, as a cancelled gRPC call does.
+    """
+    task = asyncio.ensure_future(work)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+        if done:
+            return task.result()
+        if await request.is_disconnected():
+            task.cancel()
+            raise ClientGone()
 
 
 def _is_msgpack(header: str | None) -> bool:
@@ -171,7 +228,8 @@ def create_app(service: ScoringService, config: ServerConfig, metrics: Metrics) 
                 data = json.loads(raw)
             except ValueError as exc:
                 raise HTTPException(400, f"the body is not valid JSON: {exc}") from None
-        return encode(await score_body(ScoreBody.model_validate(data)), request)
+        body = ScoreBody.model_validate(data)
+        return encode(await unless_disconnected(request, score_body(body)), request)
 
     @app.get(
         "/v1/scorers", response_model=ScorersBody, responses=_ERRORS,
@@ -210,7 +268,7 @@ def create_app(service: ScoringService, config: ServerConfig, metrics: Metrics) 
                 window=int(form.get("window") or 0),
                 stride=int(form.get("stride") or 0),
             )
-            return _page(form, await score_body(body))
+            return _page(form, await unless_disconnected(request, score_body(body)))
         except ServiceError as exc:
             return _page(form, error=exc.message, status=HTTP_STATUS[exc.status])
         except (ValueError, ValidationError) as exc:
@@ -221,19 +279,7 @@ def create_app(service: ScoringService, config: ServerConfig, metrics: Metrics) 
         html = analysis.render(names, form or {}, result, error, ask_token=token is not None)
         return HTMLResponse(html, status)
 
-    @app.middleware("http")
-    async def count(request: Request, call_next):
-        start = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            route = request.scope.get("route")
-            path = route.path if route is not None else "unmatched"
-            metrics.http_requests.labels(path, str(status)).inc()
-            metrics.http_latency.labels(path).observe(time.perf_counter() - start)
+    app.add_middleware(RequestMetrics, metrics=metrics)
 
     @app.exception_handler(ServiceError)
     async def service_error(request, exc: ServiceError):
@@ -244,6 +290,10 @@ def create_app(service: ScoringService, config: ServerConfig, metrics: Metrics) 
     @app.exception_handler(HTTPException)
     async def http_error(request, exc: HTTPException):
         return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(request, exc):
+        return Response(status_code=CLIENT_CLOSED)
 
     @app.exception_handler(RequestValidationError)
     @app.exception_handler(ValidationError)

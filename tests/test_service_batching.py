@@ -148,3 +148,19 @@ def test_cache_serves_repeats_without_the_engine(tiny_scorers):
         assert got.score.tobytes() == want.score.tobytes()
     assert short_only.results[0].logp_short.tobytes() == expected[0].logp_short.tobytes()
     assert other_window.window == 5
+
+
+def test_http_client_that_disconnects_is_dropped_before_the_engine(gated):
+    import httpx
+
+    srv, engine, stub = gated
+    first = stub.Score.future(wire.build_request([[1, 2, 3]]), timeout=30)
+    assert engine.entered.wait(10)
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{srv.http_url}/v1/score", json={"token_ids": [[1, 2, 3, 4, 5]]}, timeout=0.3)
+    # The server notices the closed connection while the request is still queued.
+    wait_for(lambda: srv.metric("tokenweight_http_requests_total", route="/v1/score", status="499") == 1)
+    engine.gate.set()
+    first.result()
+    wait_for(lambda: srv.metric("tokenweight_dropped_requests_total", scorer="tiny") == 1)
+    assert engine.runs == [1]
