@@ -14,6 +14,9 @@ COMMANDS = {
     "prepare": ("tokenweight.trainer.prepare", "tokenize text into fixed-length training shards"),
     "precompute": ("tokenweight.trainer.precompute", "score a prepared dataset once into a score store (frozen mode)"),
     "plot": ("tokenweight.trainer.plot", "draw a training run's metrics.jsonl as PNG files"),
+    "corpus": ("tokenweight.trainer.corpus", "collect this machine's Python sources into a train/held-out corpus"),
+    "tokenizer": ("tokenweight.trainer.tokenizer", "train a byte-level BPE tokenizer on a corpus"),
+    "eval": ("tokenweight.trainer.evals.cli", "long-context evals: retrieval by distance, perplexity by position"),
 }
 
 

@@ -12,23 +12,10 @@ def demo_tokenizer(vocab_size: int = 512):
     import importlib
     import inspect
 
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+    from .bpe import train_byte_level_bpe
 
     corpus = [inspect.getsource(importlib.import_module(name)) for name in DEMO_SOURCES]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(
-        corpus,
-        trainers.BpeTrainer(
-            vocab_size=vocab_size,
-            special_tokens=["<unk>", "<s>", "</s>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        ),
-    )
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    return train_byte_level_bpe(corpus, vocab_size)
 
 
 def build_demo_checkpoint(path: str | Path, seed: int = 0, max_positions: int = 2048) -> Path:

@@ -1,0 +1,214 @@
+"""The quality pipeline: corpus -> tokenizer -> shards -> pretrain at short context -> extend
+every arm 8x longer -> eval -> report -> bundle, with the project's own commands.
+
+    python bench/quality/pipeline.py all --profile smoke --work /tmp/tw-smoke     # CPU, minutes
+    python bench/quality/pipeline.py part1 --profile h200 --export "$OUT"         # see docs/RESULTS.md
+    python bench/quality/pipeline.py unpack --source FILES_AT                     # here, between calls
+    python bench/quality/pipeline.py estimate --profile h200 --gpus 1             # expected times
+
+Stages skip what is already done in --work, so the same command continues a run that a time
+limit cut off. `all` runs every stage in order, `part1` and `part2` split them over two
+device calls (see handoff.py); stage names may also be given one by one.
+"""
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(1, str(REPO / "bench"))  # the benchmarks' shared helpers (common.py)
+
+import estimate as estimate_module  # noqa: E402
+import handoff  # noqa: E402
+from jobs import PipelineError, Runner  # noqa: E402
+from profiles import ARMS, PROFILES  # noqa: E402
+from stages import STAGES, Context  # noqa: E402
+
+ORDER = list(STAGES)
+GROUPS = {
+    "all": ORDER,
+    # Call 1: everything up to the pretrained model and the judge, which travel to call 2.
+    "part1": ["corpus", "tokenizer", "prepare", "init", "pretrain", "judge"],
+    # Call 2: the corpus rebuilt (and checked) from this machine's files, then the arms.
+    "part2": ["corpus", "prepare", "scorer", "extend", "eval", "report", "bundle"],
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "stages",
+        nargs="+",
+        choices=[*GROUPS, "estimate", "unpack", *ORDER],
+        metavar="STAGE",
+        help=f"{', '.join(GROUPS)}, estimate, unpack, or some of: {', '.join(ORDER)}",
+    )
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="h200")
+    parser.add_argument("--work", help="working directory (default runs/quality/PROFILE)")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", help="extension seeds (default: the profile's)"
+    )
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        choices=[a.name for a in ARMS],
+        help="arms to extend and evaluate (default all)",
+    )
+    parser.add_argument(
+        "--devices", help="comma-separated CUDA device ids (default: all visible; none: CPU)"
+    )
+    parser.add_argument(
+        "--results", help="quality JSON (default bench/results/quality_h200.json; smoke: in --work)"
+    )
+    parser.add_argument(
+        "--doc", help="RESULTS.md to fill (default docs/RESULTS.md; smoke: a copy in --work)"
+    )
+    parser.add_argument("--plots", help="PNG directory (default docs/results; smoke: in --work)")
+    parser.add_argument("--bundle", help="bundled-model directory to write (default WORK/bundle)")
+    parser.add_argument(
+        "--export",
+        help="write the run's results (and --export-models) here at the end, as export.tar.NN parts",
+    )
+    parser.add_argument(
+        "--export-models",
+        nargs="*",
+        default=[],
+        choices=sorted(handoff.EXPORTABLE_MODELS),
+        help="trained models to include in bf16 (part1: pretrain judge)",
+    )
+    parser.add_argument(
+        "--source", help="unpack: the folder holding export.tar.NN (a call's files_at)"
+    )
+    parser.add_argument("--gpus", type=int, default=8, help="estimate: GPUs to plan for")
+    parser.add_argument(
+        "--tflops",
+        type=float,
+        default=estimate_module.ASSUMED_TFLOPS,
+        help="estimate: sustained bf16 TFLOP/s per GPU assumed",
+    )
+    args = parser.parse_args(argv)
+    profile = PROFILES[args.profile]
+
+    if args.stages == ["estimate"]:
+        print(
+            estimate_module.table(profile, args.gpus, args.tflops, len(args.seeds or profile.seeds))
+        )
+        return 0
+    if args.stages == ["unpack"]:
+        if not args.source:
+            parser.error("unpack needs --source FOLDER")
+        handoff.unpack(Path(args.source), _work(args, profile), REPO)
+        return 0
+    ctx = _context(args, profile)
+    wanted = {s for name in args.stages for s in GROUPS.get(name, [name])}
+    stages = [s for s in ORDER if s in wanted]
+    _record_environment(ctx)
+    try:
+        for name in stages:
+            started = time.time()
+            print(f"== {name}", flush=True)
+            STAGES[name](ctx)
+            with ctx.path("stages.jsonl").open("a") as f:
+                f.write(
+                    json.dumps(
+                        {
+                            "stage": name,
+                            "wall_s": round(time.time() - started, 1),
+                            "started": started,
+                            "devices": ctx.runner.devices,
+                        }
+                    )
+                    + "\n"
+                )
+            if (
+                args.export
+            ):  # after every stage: a call killed at its time limit still returns its progress
+                handoff.export(ctx, REPO, Path(args.export), args.export_models)
+    except PipelineError as exc:
+        print(f"pipeline: {exc}", file=sys.stderr)
+        if args.export:
+            handoff.export(ctx, REPO, Path(args.export), args.export_models)
+        return 1
+    print("pipeline: done", flush=True)
+    return 0
+
+
+def _context(args, profile) -> Context:
+    import torch
+
+    smoke = profile.name == "smoke"
+    work = _work(args, profile)
+    work.mkdir(parents=True, exist_ok=True)
+    if args.devices is not None:
+        devices = [d for d in args.devices.split(",") if d]
+    else:
+        devices = [str(i) for i in range(torch.cuda.device_count())]
+    device = "cuda" if devices else "cpu"
+    doc = (
+        Path(args.doc)
+        if args.doc
+        else (work / "RESULTS.md" if smoke else REPO / "docs" / "RESULTS.md")
+    )
+    if smoke and not args.doc and not doc.exists():
+        shutil.copy(REPO / "docs" / "RESULTS.md", doc)  # the smoke run never rewrites the real one
+    return Context(
+        profile=profile,
+        work=work,
+        runner=Runner(work, devices or ["cpu"], profile.jobs_per_device),
+        device=device,
+        seeds=tuple(args.seeds or profile.seeds),
+        arms=tuple(a for a in ARMS if not args.arms or a.name in args.arms),
+        results=Path(args.results)
+        if args.results
+        else (
+            work / "quality_smoke.json"
+            if smoke
+            else REPO / "bench" / "results" / f"quality_{profile.name}.json"
+        ),
+        doc=doc,
+        plots=Path(args.plots)
+        if args.plots
+        else (work / "plots" if smoke else REPO / "docs" / "results"),
+        bundle=Path(args.bundle) if args.bundle else work / "bundle",
+    )
+
+
+def _work(args, profile) -> Path:
+    return Path(args.work or REPO / "runs" / "quality" / profile.name).resolve()
+
+
+def _record_environment(ctx: Context) -> None:
+    import platform
+
+    import torch
+    import transformers
+
+    env = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "devices": [torch.cuda.get_device_name(int(d)) for d in ctx.runner.devices if d != "cpu"]
+        or ["cpu"],
+        "platform": platform.platform(),
+        "date": time.strftime("%Y-%m-%d"),
+        "commit": _git_commit(),
+        "command": " ".join(sys.argv),
+    }
+    ctx.path("environment.json").write_text(json.dumps(env, indent=2) + "\n")
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""The bundled default model: where it lives, and the property it is shipped for.
+
+`bench/quality/pipeline.py bundle` writes it (a small code model trained at the long context,
+at most 25 MB with its tokenizer) together with a held-out snippet and
+`tokenweight_model.json` (its window and training context). The property: on code it never
+trained on, the model's own contrast scores are higher on tokens that repeat an identifier
+first seen at least a window earlier than on all other tokens (median against median).
+"""
+
+import json
+from pathlib import Path
+
+MODEL_DIR = Path(__file__).parent / "models" / "default"
+SNIPPET_FILE = "heldout_snippet.py"
+INFO_FILE = "tokenweight_model.json"
+MAX_BYTES = 25 * 1000 * 1000
+
+
+def bundled_model_dir() -> Path | None:
+    """The bundled checkpoint directory, or None while none is shipped."""
+    return MODEL_DIR if (MODEL_DIR / "config.json").is_file() else None
+
+
+def read_info(model_dir: Path) -> dict:
+    return json.loads((Path(model_dir) / INFO_FILE).read_text())
+
+
+def bundle_bytes(model_dir: Path) -> int:
+    return sum(p.stat().st_size for p in Path(model_dir).rglob("*") if p.is_file())
+
+
+def repeat_contrast(model_dir: Path, text: str, window: int, device: str = "cpu") -> dict:
+    """The model's own contrast on `text`: medians over identifier repeats first seen
+    >= `window` tokens earlier, and over all other targets."""
+    import numpy as np
+
+    from tokenweight.service.engine import ScoringEngine
+    from tokenweight.trainer.evals.identifiers import long_range_repeats
+    from tokenweight.trainer.prepare import load_tokenizer
+
+    engine = ScoringEngine.from_pretrained(model_dir, device=device, dtype="float32", window=window)
+    enc = load_tokenizer(model_dir).backend.encode(text, add_special_tokens=True)
+    ids, offsets = enc.ids[: engine.max_length], enc.offsets[: engine.max_length]
+    score = engine.score([ids])[0].score
+    repeats = long_range_repeats(text, offsets, window)
+    return {
+        "window": window,
+        "tokens": len(ids),
+        "repeat_tokens": int(repeats.sum()),
+        "median_repeat": float(np.median(score[repeats])) if repeats.any() else None,
+        "median_other": float(np.median(score[~repeats])),
+    }
