@@ -5,12 +5,12 @@ import json
 
 import pytest
 from eval_helpers import source_texts
-from tokenweight.trainer.corpus import CorpusConfig, build_corpus
-from tokenweight.trainer.prepare import load_tokenizer
-from tokenweight.trainer.tokenizer import META_FILE, TokenizerError, train_tokenizer
 
 from tokenweight.bpe import SPECIAL_TOKENS
 from tokenweight.cli import main
+from tokenweight.trainer.corpus import CorpusConfig, build_corpus
+from tokenweight.trainer.prepare import load_tokenizer
+from tokenweight.trainer.tokenizer import META_FILE, TokenizerError, train_tokenizer
 
 TEXTS = [
     'def f(x):\n\tif x:\n        return "héllo ✓"\r\n    return None  # 💡\n',

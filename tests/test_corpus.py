@@ -4,9 +4,9 @@ and a manifest whose hash names exactly the files that went in."""
 import json
 
 import pytest
-from tokenweight.trainer.corpus import CorpusConfig, CorpusError, build_corpus, list_hash
 
 from tokenweight.cli import main
+from tokenweight.trainer.corpus import CorpusConfig, CorpusError, build_corpus, list_hash
 
 
 def _code(i: int) -> str:

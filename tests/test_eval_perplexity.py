@@ -4,6 +4,7 @@ rule, identifier repeats, the bootstrap summaries and the eval's model loading."
 import numpy as np
 import pytest
 import torch
+
 from tokenweight.trainer.evals import perplexity as ppl
 from tokenweight.trainer.evals.identifiers import identifier_spans, long_range_repeats
 from tokenweight.trainer.evals.lm import LocalJudge, load_engine, logprob_fn

@@ -7,6 +7,7 @@ import ast
 import numpy as np
 import pytest
 from eval_helpers import code_tokenizer, source_texts
+
 from tokenweight.trainer.evals.filler import Filler, code_blocks
 from tokenweight.trainer.evals.retrieval import accuracy_summary, answer_items, credit
 from tokenweight.trainer.evals.stats import bucket_index, doubling_edges

@@ -10,12 +10,13 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from jobs import PipelineError
-from profiles import ARMS
+
+from tokenweight.bundled import INFO_FILE, MAX_BYTES, SNIPPET_FILE, bundle_bytes, repeat_contrast
 from tokenweight.trainer.evals.identifiers import long_range_repeats
 from tokenweight.trainer.prepare import load_tokenizer
 
-from tokenweight.bundled import INFO_FILE, MAX_BYTES, SNIPPET_FILE, bundle_bytes, repeat_contrast
+from jobs import PipelineError
+from profiles import ARMS
 
 CARD_TEMPLATE = Path(__file__).with_name("MODEL_CARD.md")
 

@@ -6,6 +6,7 @@ bootstrap intervals the table shows.
 from pathlib import Path
 
 import numpy as np
+
 from tokenweight.trainer.evals.stats import bucket_labels
 from tokenweight.trainer.metrics_log import LOSS_UNWEIGHTED, METRICS_FILE, STEP, read_metrics
 

@@ -15,9 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import plots
-from jobs import PipelineError
-from profiles import ARMS
+
 from tokenweight.trainer.evals.stats import (
     bucket_labels,
     mean_stat,
@@ -26,6 +24,10 @@ from tokenweight.trainer.evals.stats import (
     ppl_stat,
     summarize,
 )
+
+import plots
+from jobs import PipelineError
+from profiles import ARMS
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 BASE = "base"  # the pretrained model read at the long context, without extension

@@ -4,8 +4,11 @@ The engine gives per-token log-probs without materialising `[tokens x vocab]` lo
 judge's contrast uses exactly the chunk plan the trainer's weights come from (DESIGN §1).
 """
 
+import dataclasses
+
 import numpy as np
-from tokenweight.service.engine import Outputs, ScoringEngine
+
+from tokenweight.service.engine import Outputs, ScoringEngine, default_options
 from tokenweight.service.loading import (
     ModelLoadError,
     load_causal_lm,
@@ -32,8 +35,12 @@ def load_engine(
         # A RoPE model computes its positions, so one trained shorter (the baseline before
         # context extension) can be read at --seq-len; only the engine's length check needs telling.
         config.max_position_embeddings = seq_len
+    # Compiling the LM-head slice (the CUDA default) costs more start-up than it saves on the
+    # few million tokens of an eval.
+    options = dataclasses.replace(default_options(dev), compile_logprobs=False)
     return ScoringEngine(
         loaded.model,
+        options=options,
         window=window,
         max_length=seq_len,
         long_path=loaded.path,
