@@ -61,6 +61,29 @@ def weights_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def check_checkpoint_dir(
+    path: Path, allow_pickle: bool = False, pickle_flag: str | None = "--allow-pickle"
+) -> bool:
+    """Refuse what is not a local HF checkpoint with safe weights; True if it has safetensors.
+
+    `pickle_flag`: the option that allows pickle weights where the caller has one."""
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(
+            f"{path} is not a Hugging Face checkpoint directory (no config.json); pass a local "
+            "directory saved with save_pretrained"
+        )
+    has_safetensors = any(path.glob("*.safetensors"))
+    if not has_safetensors and not allow_pickle:
+        pickled = [name for name in PICKLE_WEIGHTS if (path / name).exists()]
+        what = f"only pickle weights ({', '.join(pickled)})" if pickled else "no weight files"
+        hint = f" or, if you trust its source, pass {pickle_flag}" if pickle_flag else ""
+        raise ModelLoadError(
+            f"{path} has {what}; tokenweight loads safetensors weights. Convert the checkpoint "
+            f"(model.save_pretrained(dir, safe_serialization=True)){hint}"
+        )
+    return has_safetensors
+
+
 def load_causal_lm(
     path: str | Path,
     device: torch.device,
@@ -71,20 +94,7 @@ def load_causal_lm(
     from transformers import AutoModelForCausalLM
 
     path = Path(path)
-    if not (path / "config.json").is_file():
-        raise ModelLoadError(
-            f"{path} is not a Hugging Face checkpoint directory (no config.json); pass a local "
-            "directory saved with save_pretrained"
-        )
-    has_safetensors = any(path.glob("*.safetensors"))
-    if not has_safetensors and not allow_pickle:
-        pickled = [name for name in PICKLE_WEIGHTS if (path / name).exists()]
-        what = f"only pickle weights ({', '.join(pickled)})" if pickled else "no weight files"
-        raise ModelLoadError(
-            f"{path} has {what}; tokenweight loads safetensors weights. Convert the checkpoint "
-            "(model.save_pretrained(dir, safe_serialization=True)) or, if you trust its source, "
-            "pass --allow-pickle"
-        )
+    has_safetensors = check_checkpoint_dir(path, allow_pickle)
     model_type = json.loads((path / "config.json").read_text()).get("model_type", "?")
     try:
         model = AutoModelForCausalLM.from_pretrained(

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
-from tokenweight.service.loading import ModelLoadError
+from tokenweight.service.loading import ModelLoadError, check_checkpoint_dir
 from tokenweight.service.logprobs import base_hidden_states
 
 
@@ -41,12 +41,7 @@ def load_model(path: str | Path, seq_len: int | None, rope_theta: float | None) 
     from transformers import AutoConfig, AutoModelForCausalLM
 
     path = Path(path)
-    if not (path / "config.json").is_file():
-        raise ModelLoadError(f"{path} is not a Hugging Face checkpoint directory (no config.json)")
-    if not any(path.glob("*.safetensors")):
-        raise ModelLoadError(
-            f"{path} has no safetensors weights; convert it with save_pretrained(safe_serialization=True)"
-        )
+    check_checkpoint_dir(path, pickle_flag=None)  # the trainer never loads pickle weights
     config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     extend_context(config, seq_len, rope_theta)
     model = AutoModelForCausalLM.from_pretrained(
