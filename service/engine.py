@@ -6,6 +6,7 @@
 """
 
 import dataclasses
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,10 +195,9 @@ class ScoringEngine:
             self.options = dataclasses.replace(self.options, token_budget=token_budget)
         if batch_invariant is not None:
             self.options = dataclasses.replace(self.options, batch_invariant=batch_invariant)
-        self._digests = (
-            long_digest or module_digest(long_model),
-            "" if short_model is None else (short_digest or module_digest(short_model)),
-        )
+        # Digests of models built in memory are computed on the first fingerprint, not here:
+        # hashing a multi-GB model costs seconds that scoring alone never needs.
+        self._given_digests = (long_digest, short_digest)
 
     @classmethod
     def from_pretrained(
@@ -226,11 +226,18 @@ class ScoringEngine:
 
     def fingerprint(self, window: int | None = None, stride: int | None = None) -> str:
         window, stride = self.resolve(window, stride)
-        parts = [SCORING_VERSION, *self._digests, str(self.dtype), self.device.type]
+        parts = [SCORING_VERSION, *self._weight_digests, str(self.dtype), self.device.type]
         if self.options.batch_invariant:
             parts.append("batch-invariant")
         parts += [f"window={window}", f"stride={stride}"]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+
+    @functools.cached_property
+    def _weight_digests(self) -> tuple[str, str]:
+        long_digest, short_digest = self._given_digests
+        long = long_digest or module_digest(self.long_model)
+        short = "" if self.short_model is None else (short_digest or module_digest(self.short_model))
+        return long, short
 
     def resolve(self, window: int | None, stride: int | None) -> tuple[int, int]:
         """Fill defaults (None or 0) and check the pair; ScoringInputError if invalid.
