@@ -5,7 +5,6 @@ Same constructor, same retry, failover and pipelining semantics; see ScorerClien
 
 import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
-from pathlib import Path
 
 import grpc
 import grpc.aio
@@ -13,46 +12,20 @@ import grpc.aio
 from tokenweight.v1 import scorer_pb2
 
 from . import wire
-from .channels import DEFAULT_MAX_MESSAGE_BYTES, call_metadata, connect
+from .channels import ChannelClient
 from .errors import ScorerError
-from .grpc_client import DEFAULT_TIMEOUT
 from .pipeline import Pipeline
-from .score_request import RequestIds, make_request
-from .retry import RetryPolicy, RetryState
+from .score_request import make_request
+from .retry import RetryState
 from .scorer_info import ScorerInfo
 
 _END = object()
 
 
-class AsyncScorerClient:
+class AsyncScorerClient(ChannelClient):
     """Create it inside the event loop that uses it (grpc.aio channels belong to a loop)."""
 
-    def __init__(
-        self,
-        urls: str | Sequence[str],
-        *,
-        timeout: float | None = DEFAULT_TIMEOUT,
-        retry: RetryPolicy | None = None,
-        token: str | None = None,
-        root_certificates: bytes | str | Path | None = None,
-        tls_server_name: str | None = None,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        endpoint_cooldown: float = 5.0,
-        channel_options: list[tuple] | None = None,
-    ):
-        self.timeout = timeout
-        self.retry = retry or RetryPolicy()
-        self._metadata = call_metadata(token)
-        self._ids = RequestIds()
-        self._channels, self._pool = connect(
-            grpc.aio,
-            urls,
-            root_certificates=root_certificates,
-            tls_server_name=tls_server_name,
-            max_message_bytes=max_message_bytes,
-            channel_options=channel_options,
-            endpoint_cooldown=endpoint_cooldown,
-        )
+    grpc_module = grpc.aio
 
     async def score(
         self,

@@ -12,7 +12,11 @@ import grpc
 from tokenweight.v1 import scorer_pb2_grpc
 
 from .endpoints import EndpointPool, Member
+from .retry import RetryPolicy
+from .score_request import RequestIds
 from .urls import Endpoint, parse_urls
+
+DEFAULT_TIMEOUT = 60.0
 
 # Well above the server's default request limit (2**20 tokens: ~13 MB responses, see
 # wire.message_limit), so the client is never the side that refuses a message. gRPC's own
@@ -95,3 +99,39 @@ def connect(
         channels.append(channel)
         members.append(Member(endpoint, scorer_pb2_grpc.ScorerStub(channel)))
     return channels, EndpointPool(members, endpoint_cooldown)
+
+
+class ChannelClient:
+    """What the sync and async clients share: settings, call metadata and the endpoint pool.
+
+    `grpc_module` is `grpc` or `grpc.aio`, whose channel constructors take the same arguments.
+    """
+
+    grpc_module = grpc
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        token: str | None = None,
+        root_certificates: bytes | str | Path | None = None,
+        tls_server_name: str | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        endpoint_cooldown: float = 5.0,
+        channel_options: list[tuple] | None = None,
+    ):
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self._metadata = call_metadata(token)
+        self._ids = RequestIds()
+        self._channels, self._pool = connect(
+            self.grpc_module,
+            urls,
+            root_certificates=root_certificates,
+            tls_server_name=tls_server_name,
+            max_message_bytes=max_message_bytes,
+            channel_options=channel_options,
+            endpoint_cooldown=endpoint_cooldown,
+        )

@@ -3,25 +3,23 @@
 import queue
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
 
 import grpc
 
 from tokenweight.v1 import scorer_pb2
 
 from . import wire
-from .channels import DEFAULT_MAX_MESSAGE_BYTES, call_metadata, connect
+from .channels import ChannelClient
 from .errors import ScorerError
 from .pipeline import Pipeline
-from .score_request import RequestIds, make_request
-from .retry import RetryPolicy, RetryState
+from .score_request import make_request
+from .retry import RetryState
 from .scorer_info import ScorerInfo
 
-DEFAULT_TIMEOUT = 60.0
 _END = object()
 
 
-class ScorerClient:
+class ScorerClient(ChannelClient):
     """Scores token sequences on one or more `grpc://` / `grpcs://` endpoints.
 
     `urls`: one URL, a comma-separated string, or a list; calls go round-robin and fail over
@@ -32,32 +30,7 @@ class ScorerClient:
     name in the server's certificate if it differs from the host dialled.
     """
 
-    def __init__(
-        self,
-        urls: str | Sequence[str],
-        *,
-        timeout: float | None = DEFAULT_TIMEOUT,
-        retry: RetryPolicy | None = None,
-        token: str | None = None,
-        root_certificates: bytes | str | Path | None = None,
-        tls_server_name: str | None = None,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        endpoint_cooldown: float = 5.0,
-        channel_options: list[tuple] | None = None,
-    ):
-        self.timeout = timeout
-        self.retry = retry or RetryPolicy()
-        self._metadata = call_metadata(token)
-        self._ids = RequestIds()
-        self._channels, self._pool = connect(
-            grpc,
-            urls,
-            root_certificates=root_certificates,
-            tls_server_name=tls_server_name,
-            max_message_bytes=max_message_bytes,
-            channel_options=channel_options,
-            endpoint_cooldown=endpoint_cooldown,
-        )
+    grpc_module = grpc
 
     def score(
         self,
