@@ -19,7 +19,11 @@ _SCORER_FLAGS = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_argument_group("what to serve")
-    what.add_argument("--model", help="local Hugging Face checkpoint directory (the long model)")
+    what.add_argument(
+        "--model",
+        help="local Hugging Face checkpoint directory (the long model; default: the bundled code "
+        "model, with its window)",
+    )
     what.add_argument("--short-model", help="separate short-context model (same tokenizer)")
     what.add_argument("--config", help="TOML file with several [[scorers]] (see service/config.py)")
     what.add_argument("--name", help="scorer name for --model (default: 'default')")
@@ -57,6 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_config(args: argparse.Namespace):
     """The ServeConfig the flags (and --config file) describe; ConfigError if inconsistent."""
+    from tokenweight.bundled import model_or_default
+
     from .config import ConfigError, ScorerConfig, ServeConfig, load_config, server_config
 
     overrides = {
@@ -72,18 +78,18 @@ def build_config(args: argparse.Namespace):
         if clashing:
             raise ConfigError(f"{', '.join(clashing)} cannot be combined with --config; set them in the file")
         return load_config(args.config, overrides)
-    if not args.model:
-        raise ConfigError(
-            "no model given: pass --model PATH (a local Hugging Face checkpoint directory saved "
-            "with save_pretrained) or --config FILE (TOML listing [[scorers]]); there is no "
-            "bundled default model yet"
-        )
+    if args.short_model and not args.model:
+        raise ConfigError("--short-model needs --model (the long model it pairs with)")
+    try:
+        model, window, stride = model_or_default(args.model, args.window, args.stride)
+    except FileNotFoundError as exc:
+        raise ConfigError(str(exc)) from None
     scorer = ScorerConfig(
         name=args.name or "default",
-        model=args.model,
+        model=str(model),
         short_model=args.short_model,
-        window=args.window or ScorerConfig.window,
-        stride=args.stride,
+        window=window or ScorerConfig.window,
+        stride=stride,
         device=args.device,
         dtype=args.dtype,
         max_length=args.max_length,

@@ -70,12 +70,3 @@ def test_errors(tmp_path):
     with pytest.raises(TokenizerError, match="no room"):
         train_tokenizer(tmp_path, 100, tmp_path / "out")
 
-
-def test_demo_tokenizer_uses_the_same_recipe():
-    from tokenweight.demo import demo_tokenizer
-
-    tok = demo_tokenizer()
-    assert len(tok) == 512 and tok.bos_token_id == 1 and tok.pad_token == "<pad>"
-    assert (
-        tok.decode(tok("print('ok')\n")["input_ids"], skip_special_tokens=True) == "print('ok')\n"
-    )

@@ -64,6 +64,14 @@ def test_seeds_pool_item_by_item():
     }
 
 
+def test_a_two_sided_claim_says_which_way_it_missed():
+    assert report.verdict([-0.3, -0.2], -0.1, 0.1) == "contradicted (lower)"
+    assert report.verdict([0.2, 0.3], -0.1, 0.1) == "contradicted (higher)"
+    assert report.verdict([-0.3, -0.2], 0.0, float("inf")) == "contradicted"
+    assert report.verdict([-0.2, 0.05], -0.1, 0.1) == "not resolved"
+    assert report.verdict([-0.05, 0.05], -0.1, 0.1) == "held"
+
+
 def test_claims_from_paired_intervals():
     groups = {
         "uniform": [fake_eval(2.0, credit=0.25)],
@@ -81,6 +89,9 @@ def test_claims_from_paired_intervals():
     assert claims[("sparse-0.2", "uniform", "long_range_ppl")] == "contradicted"
     assert claims[("sparse-0.2", "uniform", "short_ppl")] == "contradicted"
     assert claims[("dense-self", "dense", "long_range_ppl")] == "held"
+    assert claims[("sparse-0.2", "dense", "short_ppl")] == "held"  # sparse loses more
+    assert claims[("sparse-0.2", "dense", "acc_far")] == "contradicted"  # and retrieves less
+    assert ("sparse-0.4", "dense", "acc_far") not in claims  # no such arm in this run
     # acc_far counts distances >= the window: the items at 32..49
     assert claims[("dense", "uniform", "acc_far")] in ("held", "not resolved")
 

@@ -56,6 +56,26 @@ def test_bad_lines_are_refused_with_a_clear_error(tiny_model_dir, line, message)
     assert done.returncode == 1 and message in done.stderr and done.stdout == ""
 
 
-def test_no_model_or_url_says_what_to_pass():
-    done = subprocess.run(CLI, input="", capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and "--model PATH" in done.stderr
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--top", "0"], "--top must be at least 1"),
+        (["--short-model", "/s"], "--short-model needs --model"),
+        (["--url", "grpc://127.0.0.1:1", "--device", "cpu"], "--device only apply with --model"),
+    ],
+)
+def test_inconsistent_flags_are_refused(argv, message):
+    done = subprocess.run(CLI + argv, input="", capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and message in done.stderr
+
+
+def test_top_prints_the_highest_scores_in_context(tiny_model_dir):
+    lines = json.dumps({"token_ids": [1, 5, 9, 5, 9, 5, 9, 5, 9, 5, 9, 5, 9, 7]}) + "\n"
+    table = run_score(tiny_model_dir, lines, "--top", "3").stdout.splitlines()
+    (out,) = [json.loads(line) for line in run_score(tiny_model_dir, lines).stdout.splitlines()]
+    assert table[0].startswith("line 1: 14 tokens") and len(table) == 2 + 3
+    best = np.argsort(-np.asarray(out["score"]), kind="stable")[:3] + 1
+    for row, target in zip(table[2:], best):
+        pos, score = row.split()[:2]
+        assert int(pos) == target and float(score) == pytest.approx(out["score"][target - 1], abs=1e-3)
+        assert f"[{out['token_ids'][target]}]" in row

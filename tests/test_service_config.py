@@ -4,6 +4,8 @@ import argparse
 
 import pytest
 
+from tokenweight import bundled
+from tokenweight.bundled import default_model
 from tokenweight.service import serve_cli
 from tokenweight.service.config import ConfigError, load_config
 
@@ -72,6 +74,20 @@ def parse(*argv):
     return parser.parse_args(argv)
 
 
+def test_no_model_serves_the_bundled_one_with_its_window():
+    model, info = default_model()
+    (scorer,) = serve_cli.build_config(parse()).scorers
+    assert (scorer.model, scorer.window, scorer.stride) == (str(model), info["window"], info["stride"])
+    (scorer,) = serve_cli.build_config(parse("--window", "128")).scorers
+    assert (scorer.model, scorer.window, scorer.stride) == (str(model), 128, None)
+
+
+def test_a_missing_bundle_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(bundled, "MODEL_DIR", tmp_path / "default")
+    with pytest.raises(ConfigError, match="bundled default model is missing.*pass --model PATH"):
+        serve_cli.build_config(parse())
+
+
 def test_command_line_config(monkeypatch, tmp_path):
     monkeypatch.setenv("TOKENWEIGHT_AUTH_TOKEN", "from-env")
     config = serve_cli.build_config(parse("--model", "/m", "--window", "64", "--grpc-port", "0", "--no-http"))
@@ -81,7 +97,7 @@ def test_command_line_config(monkeypatch, tmp_path):
     assert serve_cli.build_config(parse("--model", "/m", "--auth-token", "flag")).server.auth_token == "flag"
     with pytest.raises(ConfigError, match="--window cannot be combined with --config"):
         serve_cli.build_config(parse("--config", "x.toml", "--window", "8"))
-    with pytest.raises(ConfigError, match="no model given: pass --model PATH"):
-        serve_cli.build_config(parse())
+    with pytest.raises(ConfigError, match="--short-model needs --model"):
+        serve_cli.build_config(parse("--short-model", "/s"))
     with pytest.raises(ConfigError, match="TLS needs both"):
         serve_cli.build_config(parse("--model", "/m", "--tls-cert", "c.pem"))

@@ -47,12 +47,29 @@ class ServeProcess:
             self.proc.wait(10)
 
 
-def test_no_model_is_a_clear_error():
-    result = subprocess.run(
-        [sys.executable, "-m", "tokenweight.cli", "serve"], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 2
-    assert "no model given: pass --model PATH" in result.stderr and "--config FILE" in result.stderr
+def test_no_model_serves_the_bundled_one():
+    """`tokenweight serve` with no --model: the bundled code model with its own window, and
+    its scores over gRPC equal the engine's on the same model."""
+    from tokenweight.bundled import default_model
+    from tokenweight.service.engine import ScoringEngine
+    from tokenweight.v1 import scorer_pb2
+
+    model, info = default_model()
+    server = ServeProcess("--device", "cpu", "--dtype", "float32", "--max-wait-ms", "0")
+    try:
+        with server.channel() as channel:
+            stub = scorer_pb2_grpc.ScorerStub(channel)
+            (listed,) = stub.ListScorers(scorer_pb2.ListScorersRequest(), timeout=10).scorers
+            assert (listed.default_window, listed.default_stride) == (info["window"], info["stride"])
+            assert listed.max_sequence_length == info["seq_len"]
+            tokens = np.random.default_rng(0).integers(3, listed.vocab_size, 700)
+            (got,) = wire.parse_response(stub.Score(wire.build_request([tokens]), timeout=60)).results
+        engine = ScoringEngine.from_pretrained(model, device="cpu", dtype="float32", window=info["window"])
+        (want,) = engine.score([tokens])
+        np.testing.assert_allclose(got.score, want.score, atol=1e-4)
+        assert np.abs(got.score[info["window"] :]).max() > 0  # beyond the window the contrast is real
+    finally:
+        server.kill()
 
 
 def test_sigterm_drains_in_flight_request_then_exits_0(tmp_path, tiny_model_dir):

@@ -16,9 +16,26 @@ INFO_FILE = "tokenweight_model.json"
 MAX_BYTES = 25 * 1000 * 1000
 
 
-def bundled_model_dir() -> Path | None:
-    """The bundled checkpoint directory, or None while none is shipped."""
-    return MODEL_DIR if (MODEL_DIR / "config.json").is_file() else None
+def default_model() -> tuple[Path, dict]:
+    """The bundled checkpoint directory and its info (`window`, `stride`, `seq_len`): what
+    `tokenweight serve` and `tokenweight score` use when no model is given."""
+    if not (MODEL_DIR / "config.json").is_file():
+        raise FileNotFoundError(
+            f"the bundled default model is missing from {MODEL_DIR} (an install without package "
+            "data?); pass --model PATH"
+        )
+    return MODEL_DIR, read_info(MODEL_DIR)
+
+
+def model_or_default(model, window: int | None, stride: int | None) -> tuple:
+    """(model, window, stride) as given, or the bundled model with its own window and stride
+    when no model is given. A window given without a stride keeps the usual stride 3k/4."""
+    if model:
+        return model, window, stride
+    path, info = default_model()
+    if window is None:
+        window, stride = info["window"], info["stride"] if stride is None else stride
+    return path, window, stride
 
 
 def read_info(model_dir: Path) -> dict:

@@ -2,17 +2,24 @@
 
 Input lines are `{"token_ids": [int]}` or `{"text": str}`; each gives one output line
 `{"token_ids", "score", "logp_long", "logp_short"}` (plus `"tokens"` for text), in input order.
+With neither --url nor --model it scores locally with the bundled code model; `--top N`
+prints each line's N highest-scoring tokens as a table instead of JSON.
 """
 
 import argparse
 import json
 import sys
 
+from tokenweight.bundled import model_or_default
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--url", help="a running server: grpc://HOST:PORT or http://HOST:PORT")
-    where.add_argument("--model", help="score locally with this checkpoint directory")
+    where.add_argument(
+        "--model",
+        help="score locally with this checkpoint directory (default: the bundled code model)",
+    )
     parser.add_argument("--short-model", help="separate short-context model (local mode)")
     parser.add_argument("--scorer", help="scorer name on the server (default: its default)")
     parser.add_argument("--window", type=int, help="short-context window k")
@@ -21,6 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", help="float32, bfloat16 or float16 (local mode)")
     parser.add_argument("--batch-size", type=int, default=16, help="lines scored per call")
     parser.add_argument("--input", help="JSON lines file (default: stdin)")
+    parser.add_argument(
+        "--top",
+        type=int,
+        metavar="N",
+        help="print each line's N highest-scoring tokens, in context, instead of JSON",
+    )
 
 
 class InputError(ValueError):
@@ -147,13 +160,35 @@ def _output(token_ids, score, logp_long, logp_short, tokens=None) -> dict:
     return out
 
 
-def run(args: argparse.Namespace) -> int:
-    if not (args.model or args.url):
-        print(
-            "tokenweight score: pass --url grpc://HOST:PORT or http://HOST:PORT (a running "
-            "server), or --model PATH (score locally)",
-            file=sys.stderr,
+def top_tokens(out: dict, n: int, line: int) -> str:
+    """The `n` highest-scoring targets of one output line, each shown in its context."""
+    import numpy as np
+
+    score = np.asarray(out["score"])
+    shown = out.get("tokens") or [str(t) for t in out["token_ids"]]
+    rows = [
+        f"line {line}: {len(out['token_ids'])} tokens, median score {np.median(score):.3f}; "
+        f"top {min(n, score.size)}:",
+        f"{'pos':>6}  {'score':>7}  {'logp_long':>9}  {'logp_short':>10}  token in context",
+    ]
+    for i in np.argsort(-score, kind="stable")[:n]:
+        target = int(i) + 1  # score[i] is for token i + 1, predicted from tokens 0..i
+        before = "".join(shown[max(0, target - 4) : target])
+        after = "".join(shown[target + 1 : target + 3])
+        context = f"{before}[{shown[target]}]{after}".replace("\n", "\\n")
+        rows.append(
+            f"{target:>6}  {score[i]:>7.3f}  {out['logp_long'][i]:>9.3f}  "
+            f"{out['logp_short'][i]:>10.3f}  {context}"
         )
+    return "\n".join(rows) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.top is not None and args.top < 1:
+        print("tokenweight score: --top must be at least 1", file=sys.stderr)
+        return 2
+    if args.short_model and not (args.model or args.url):
+        print("tokenweight score: --short-model needs --model (the long model it pairs with)", file=sys.stderr)
         return 2
     local_only = [f"--{name.replace('_', '-')}" for name in ("short_model", "device", "dtype") if getattr(args, name)]
     if args.url and local_only:
@@ -162,10 +197,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         with open(args.input) if args.input else sys.stdin as stream:
             items = read_lines(stream)
+        if not args.url:
+            args.model, args.window, args.stride = model_or_default(
+                args.model, args.window, args.stride
+            )
         score = remote_scorer(args) if args.url else local_scorer(args)
         for lo in range(0, len(items), args.batch_size):
-            for out in score(items[lo : lo + args.batch_size]):
-                sys.stdout.write(json.dumps(out) + "\n")
+            for line, out in enumerate(score(items[lo : lo + args.batch_size]), lo + 1):
+                sys.stdout.write(top_tokens(out, args.top, line) if args.top else json.dumps(out) + "\n")
     except (ValueError, OSError, ServerError) as exc:
         print(f"tokenweight score: {exc}", file=sys.stderr)
         return 1

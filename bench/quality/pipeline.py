@@ -29,6 +29,7 @@ from profiles import ARMS, PROFILES  # noqa: E402
 from stages import STAGES, Context  # noqa: E402
 
 ORDER = list(STAGES)
+REPORTING = {"report", "bundle"}  # stages that only read what the others computed
 GROUPS = {
     "all": ORDER,
     # Call 1: everything up to the pretrained model and the judge, which travel to call 2.
@@ -106,12 +107,17 @@ def main(argv: list[str] | None = None) -> int:
     ctx = _context(args, profile)
     wanted = {s for name in args.stages for s in GROUPS.get(name, [name])}
     stages = [s for s in ORDER if s in wanted]
-    _record_environment(ctx)
+    # The machine that computes, not one that only re-reports, is the run's record.
+    computing = bool(set(stages) - REPORTING)
+    if computing:
+        _record_environment(ctx)
     try:
         for name in stages:
             started = time.time()
             print(f"== {name}", flush=True)
             STAGES[name](ctx)
+            if not computing:
+                continue
             with ctx.path("stages.jsonl").open("a") as f:
                 f.write(
                     json.dumps(

@@ -148,19 +148,25 @@ def difference(evals_a, evals_b, metric: Metric) -> dict:
 
 def verdict(ci: list[float], lo_bound: float, hi_bound: float) -> str:
     """`held` when the whole interval lies inside (lo_bound, hi_bound), `contradicted` when it
-    lies wholly outside it, `not resolved` when it straddles a bound."""
+    lies wholly outside it, `not resolved` when it straddles a bound. A claim with a band on
+    both sides says which way it missed (`contradicted (lower)` / `(higher)`)."""
     lo, hi = ci
     if math.isnan(lo) or math.isnan(hi):
         return "not resolved"
     if lo_bound < lo and hi < hi_bound:
         return "held"
-    return "contradicted" if hi < lo_bound or lo > hi_bound else "not resolved"
+    if not (hi < lo_bound or lo > hi_bound):
+        return "not resolved"
+    if math.isinf(lo_bound) or math.isinf(hi_bound):
+        return "contradicted"
+    return "contradicted (lower)" if hi < lo_bound else "contradicted (higher)"
 
 
 def check_claims(groups: dict[str, list[dict]], metrics: dict[str, Metric]) -> list[dict]:
     """The paper's claims, as this replication can test them: each weighted arm against
-    uniform, and the unfrozen scorer against the frozen one. A claim is a difference of one
-    metric between two arms and the range it has to lie in."""
+    uniform; sparse against dense (strongest on retrieval, loses the most short-context
+    quality: dense sits between it and uniform); the unfrozen scorer against the frozen one.
+    A claim is a difference of one metric between two arms and the range it has to lie in."""
     if "uniform" not in groups:
         return []
 
@@ -184,13 +190,19 @@ def check_claims(groups: dict[str, list[dict]], metrics: dict[str, Metric]) -> l
         ),
     ]
     specs = [(arm.name, "uniform", *claim) for claim in per_arm for arm in ARMS[1:]]
+    sparse_vs_dense = [
+        ("sparse beats dense on retrieval beyond the short window", "acc_far", 0.0, math.inf),
+        ("sparse loses more short-context quality than dense", "short_ppl", 0.0, math.inf),
+    ]
+    sparse_arms = [arm.name for arm in ARMS if arm.name.startswith("sparse")]
+    specs += [(arm, "dense", *claim) for claim in sparse_vs_dense for arm in sparse_arms]
     if "dense" in groups:
         band = RETAIN_TOLERANCE * value("dense", "long_range_ppl")
         claim = f"the unfrozen scorer (self) matches the frozen one within {RETAIN_TOLERANCE:.0%}"
         specs.append(("dense-self", "dense", claim, "long_range_ppl", -band, band))
     claims = []
     for arm, reference, claim, key, lo, hi in specs:
-        if arm not in groups:
+        if arm not in groups or reference not in groups:
             continue
         d = difference(groups[arm], groups[reference], metrics[key])
         claims.append(
@@ -343,7 +355,8 @@ def _fill_doc(ctx, result: dict, metrics: list[Metric], figures: list[Path]) -> 
     lines += [
         f"| **total** | **{total / 60:.1f} min** |",
         "",
-        f"Driver: `{env['command']}`. Every command it ran, with its wall time:",
+        f"Last driver invocation: `{env['command']}`. Every command the run executed, over all "
+        "its invocations, with its wall time:",
         "",
         "<details>",
         "",
