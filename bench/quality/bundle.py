@@ -126,4 +126,22 @@ def _card(ctx, name: str, model, prop: dict, manifest: dict, out: Path) -> str:
         median_repeat=prop["median_repeat"] or float("nan"),
         repeat_tokens=prop["repeat_tokens"],
         median_other=prop["median_other"],
+        commands=training_commands(ctx, name),
     )
+
+
+def training_commands(ctx, name: str) -> str:
+    """The pretraining and extension commands of run `name`, from the pipeline's command log,
+    with the working directory written as WORK and the interpreter as `python`."""
+    import report
+
+    wanted = ("pretrain", f"extend-{name}")
+    logged = {c["name"]: c["argv"] for c in report.read_jsonl(ctx.path("commands.jsonl"))}
+    missing = [w for w in wanted if w not in logged]
+    if missing:
+        raise PipelineError(f"{', '.join(missing)} not in {ctx.path('commands.jsonl')}")
+    lines = []
+    for job in wanted:
+        argv = ["python", *logged[job][1:]]
+        lines.append(" ".join(argv).replace(str(ctx.work), "WORK"))
+    return "\n".join(lines)

@@ -245,8 +245,8 @@ def write_report(ctx) -> None:
     by_key = {m.key: m for m in metrics}
     arms = {name: summarize_arm(evals, metrics) for name, evals in groups.items()}
     claims = check_claims(groups, by_key)
-    stages = _read_jsonl(ctx.path("stages.jsonl"))
-    commands = _read_jsonl(ctx.path("commands.jsonl"))
+    stages = read_jsonl(ctx.path("stages.jsonl"))
+    commands = read_jsonl(ctx.path("commands.jsonl"))
     environment = json.loads(ctx.path("environment.json").read_text())
     manifest = json.loads(ctx.path("corpus", "manifest.json").read_text())
     result = {
@@ -273,7 +273,7 @@ def write_report(ctx) -> None:
     _fill_doc(ctx, result, metrics, figures)
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path) -> list[dict]:
     return (
         [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         if path.is_file()
