@@ -80,9 +80,24 @@ def target_logprobs(
     return out
 
 
-def attention_context(backends: tuple[str, ...] | None):
+_settled_devices: set[torch.device] = set()
+
+
+def attention_context(backends: tuple[str, ...] | None, device: torch.device):
+    """SDPA with `backends` tried first, the others after.
+
+    torch settles its own choice of backend for a device at the process's first attention
+    call there (cuDNN first on recent GPUs). Were that first call made inside this context,
+    every later call outside it (a trainer's forward, other code in the process) would get
+    the order this context restores on exit, flash first, measured on an H200 with torch
+    2.11. One tiny call outside it, once per device, settles torch's own choice first.
+    """
     if not backends:
         return contextlib.nullcontext()
+    if device.type == "cuda" and device not in _settled_devices:
+        probe = torch.zeros(1, 1, 1, 64, device=device, dtype=torch.bfloat16)
+        torch.nn.functional.scaled_dot_product_attention(probe, probe, probe)
+        _settled_devices.add(device)
     chosen = [getattr(SDPBackend, name) for name in backends]
     rest = [b for b in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH) if b not in chosen]
     return sdpa_kernel(chosen + rest, set_priority=True)
@@ -147,7 +162,7 @@ def run_segments(
             rows[r, : len(seg)] = seg.input_ids
             flat_positions.append(torch.arange(seg.score_from, len(seg)) + r * width)
             labels.append(seg.labels)
-        with attention_context(options.sdpa_backends):
+        with attention_context(options.sdpa_backends, device):
             hidden = base_hidden_states(model, rows.to(device, non_blocking=True))
         kept = hidden.reshape(-1, hidden.shape[-1])[torch.cat(flat_positions).to(device)]
         logp = target_logprobs(

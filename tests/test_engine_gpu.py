@@ -52,3 +52,37 @@ def test_cuda_fp32_matches_cpu_fp32():
     for a, b in zip(gpu.score(sequences()), cpu.score(sequences())):
         np.testing.assert_allclose(a.logp_long, b.logp_long, atol=2e-3, rtol=0)
         np.testing.assert_allclose(a.logp_short, b.logp_short, atol=2e-3, rtol=0)
+
+
+def test_the_engines_backend_choice_stays_inside_it():
+    """In a fresh process whose first attention call is the engine's (cuDNN first), a later
+    plain forward still gets torch's own choice: the same numbers as in a process where no
+    engine ran. Head dim 64, where cuDNN and flash both apply and round differently."""
+    import subprocess
+    import sys
+
+    model = """
+import numpy as np, torch
+from transformers import LlamaConfig, LlamaForCausalLM
+torch.manual_seed(0)
+config = LlamaConfig(vocab_size=1000, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
+model = LlamaForCausalLM(config).to("cuda", torch.bfloat16).eval().requires_grad_(False)
+x = torch.randint(3, 1000, (1, 2048), device="cuda")
+"""
+    engine_first = """
+from tokenweight.service.engine import ScoringEngine
+from tokenweight.service.logprobs import ForwardOptions
+options = ForwardOptions(sdpa_backends=("CUDNN_ATTENTION",))
+ScoringEngine(model, window=256, options=options).score([np.arange(3, 600)])
+"""
+    report = "\nwith torch.no_grad(): print(repr(model(x).logits.float().abs().sum().item()))\n"
+
+    def run(code: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()[-1]
+
+    assert run(model + engine_first + report) == run(model + report)
