@@ -1,5 +1,6 @@
 """docker/compose.yaml and the example scorers config it mounts."""
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -34,9 +35,16 @@ def test_dockerfile_serves_on_the_compose_ports():
     assert "EXPOSE 50051 8000" in text and 'ENTRYPOINT ["tokenweight", "serve"]' in text
 
 
-def test_example_config_parses():
+def test_example_config_serves_the_bundled_model_from_the_image():
+    """The default scorer's path is where the Dockerfile's `COPY . .` puts the bundled model."""
+    from tokenweight.bundled import default_model
+
     config = load_config(DOCKER / "scorers.toml")
-    assert config.default_scorer == "main" and config.scorers[0].model == "/models/long"
+    (scorer,) = config.scorers
+    workdir = re.search(r"^WORKDIR (\S+)", (DOCKER / "Dockerfile").read_text(), re.M).group(1)
+    model, info = default_model()
+    assert config.default_scorer == "main" and scorer.window == info["window"]
+    assert DOCKER.parent / Path(scorer.model).relative_to(workdir) == model
 
 
 def test_docker_compose_config_accepts_the_file():
