@@ -88,6 +88,8 @@ def _summary(plt, out: Path, arms, metrics) -> Path:
             color="tab:blue",
             alpha=0.7,
         )
+        if metrics[key].kind == "ppl":  # `base` is orders of magnitude above the extended arms
+            ax.set_yscale("log")
         ax.set_title(metrics[key].label, fontsize=9)
         ax.tick_params(axis="x", rotation=45, labelsize=7)
         ax.grid(alpha=0.3, axis="y")
