@@ -16,11 +16,10 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import build_model, machine, write_results  # noqa: E402
-from engine_bench import baseline  # noqa: E402
+from engine_bench import VARIANTS, baseline  # noqa: E402
 from engine_profile import category  # noqa: E402
 from tokenweight.service.chunking import default_stride  # noqa: E402
 from tokenweight.service.engine import ScoringEngine  # noqa: E402
-from tokenweight.service.logprobs import ForwardOptions  # noqa: E402
 
 
 def attention_kernels(fn):
@@ -64,11 +63,9 @@ def main():
 
     plain_baseline = lambda: baseline(model, seqs, window, stride, 1)
     paths = {
-        "engine plain": engine(ForwardOptions(token_budget=131072)),
-        "engine cudnn+compiled": engine(ForwardOptions(token_budget=131072, sdpa_backends=("CUDNN_ATTENTION",),
-                                                       compile_logprobs=True)),
-        "engine flash+compiled": engine(ForwardOptions(token_budget=131072, sdpa_backends=("FLASH_ATTENTION",),
-                                                       compile_logprobs=True)),
+        "engine plain": engine(VARIANTS["plain"]),
+        "engine cudnn+compiled": engine(VARIANTS["cudnn+compiled"]),
+        "engine flash+compiled": engine(VARIANTS["flash+compiled"]),
         "baseline (torch's choice)": plain_baseline,
         "baseline, cuDNN forced": forced(plain_baseline, SDPBackend.CUDNN_ATTENTION),
         "baseline, flash forced": forced(plain_baseline, SDPBackend.FLASH_ATTENTION),

@@ -9,7 +9,6 @@ writes bench/results/engine_h200.json.
 """
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -21,6 +20,21 @@ from common import build_model, forward_flops, machine, matmul_ceiling, timed, w
 from tokenweight.service.chunking import chunk_count, default_stride  # noqa: E402
 from tokenweight.service.engine import ScoringEngine  # noqa: E402
 from tokenweight.service.logprobs import ForwardOptions  # noqa: E402
+
+
+# The engine's paths: torch's own attention choice or a backend tried first, with or without
+# the compiled LM-head slice. On an H200 the service's CUDA default (torch's own choice, which
+# is cuDNN there, plus the compiled slice) amounts to "cudnn+compiled".
+VARIANTS = {
+    "plain": ForwardOptions(token_budget=131072),
+    "cudnn": ForwardOptions(token_budget=131072, sdpa_backends=("CUDNN_ATTENTION",)),
+    "cudnn+compiled": ForwardOptions(
+        token_budget=131072, sdpa_backends=("CUDNN_ATTENTION",), compile_logprobs=True
+    ),
+    "flash+compiled": ForwardOptions(
+        token_budget=131072, sdpa_backends=("FLASH_ATTENTION",), compile_logprobs=True
+    ),
+}
 
 
 @torch.inference_mode()
@@ -78,16 +92,6 @@ def main():
     ceiling = matmul_ceiling()
     print(f"bf16 matmul ceiling {ceiling / 1e12:.0f} TFLOP/s", flush=True)
     rows = []
-    variants = {
-        "plain": ForwardOptions(token_budget=131072),
-        "cudnn": ForwardOptions(token_budget=131072, sdpa_backends=("CUDNN_ATTENTION",)),
-        "cudnn+compiled": ForwardOptions(
-            token_budget=131072, sdpa_backends=("CUDNN_ATTENTION",), compile_logprobs=True
-        ),
-        "flash+compiled": ForwardOptions(
-            token_budget=131072, sdpa_backends=("FLASH_ATTENTION",), compile_logprobs=True
-        ),
-    }
     for shape in args.shapes:
         model = build_model(shape, max(args.lengths) + 1)
         weights = torch.cuda.memory_allocated()
@@ -105,7 +109,7 @@ def main():
                           sequences=n_seq, flops_per_run=flops)
             results = {}
             for name in args.variants:
-                engine = ScoringEngine(model, window=window, stride=stride, options=variants[name])
+                engine = ScoringEngine(model, window=window, stride=stride, options=VARIANTS[name])
                 numpy_seqs = [x.numpy() for x in sequences]
                 out = {}
                 seconds, peak, above = measure(lambda: out.update(r=engine.score(numpy_seqs)), sequences)

@@ -17,10 +17,9 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import build_model, machine, write_results  # noqa: E402
-from engine_bench import baseline  # noqa: E402
+from engine_bench import VARIANTS, baseline  # noqa: E402
 from tokenweight.service.chunking import default_stride  # noqa: E402
 from tokenweight.service.engine import ScoringEngine  # noqa: E402
-from tokenweight.service.logprobs import ForwardOptions  # noqa: E402
 
 # First match wins: attention kernels can contain "gemm" in their names.
 CATEGORIES = [
@@ -42,11 +41,11 @@ def profiled(fn) -> dict:
         fn()
         torch.cuda.synchronize()
         wall = time.perf_counter() - start
-    kernels = {}
-    for event in prof.key_averages():
-        if event.device_type != torch.autograd.DeviceType.CUDA:
-            continue
-        kernels[event.key] = kernels.get(event.key, 0.0) + event.self_device_time_total / 1e6
+    kernels = {  # key_averages has one entry per kernel name
+        event.key: event.self_device_time_total / 1e6
+        for event in prof.key_averages()
+        if event.device_type == torch.autograd.DeviceType.CUDA
+    }
     busy = sum(kernels.values())
     by_category = {}
     for name, seconds in kernels.items():
@@ -72,8 +71,7 @@ def main():
     model = build_model(args.shape, args.length + 1)
     x = torch.randint(3, model.config.vocab_size, (args.length,), generator=torch.Generator().manual_seed(0))
     x[0] = 1
-    options = ForwardOptions(token_budget=131072, sdpa_backends=("CUDNN_ATTENTION",), compile_logprobs=True)
-    engine = ScoringEngine(model, window=window, stride=stride, options=options)
+    engine = ScoringEngine(model, window=window, stride=stride, options=VARIANTS["cudnn+compiled"])
     runs = {
         "engine (cudnn+compiled)": lambda: engine.score([x.numpy()]),
         "baseline (hf-full-logits)": lambda: baseline(model, [x], window, stride, 1),

@@ -111,12 +111,7 @@ class AsyncScorerClient(ChannelClient):
                         for result in pipeline.ready():
                             yield result
                 except (grpc.RpcError, ScorerError) as exc:
-                    error = exc if isinstance(exc, ScorerError) else ScorerError.from_rpc(exc, member.endpoint.url)
-                    delay = self._pool.failed(member, error, state)
-                    if delay is None:
-                        if error is exc:
-                            raise
-                        raise error from exc
+                    delay = self._retry_delay(member, exc, state)
                 finally:
                     call.cancel()  # before the backoff, so the server stops work on it now
                 await asyncio.sleep(delay)
@@ -132,11 +127,7 @@ class AsyncScorerClient(ChannelClient):
             try:
                 response = await rpc(request, timeout=state.attempt_timeout(timeout), metadata=self._metadata)
             except grpc.RpcError as exc:
-                error = ScorerError.from_rpc(exc, member.endpoint.url)
-                delay = self._pool.failed(member, error, state)
-                if delay is None:
-                    raise error from exc
-                await asyncio.sleep(delay)
+                await asyncio.sleep(self._retry_delay(member, exc, state))
             else:
                 self._pool.mark_up(member)
                 return response

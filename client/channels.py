@@ -12,7 +12,8 @@ import grpc
 from tokenweight.v1 import scorer_pb2_grpc
 
 from .endpoints import EndpointPool, Member
-from .retry import RetryPolicy
+from .errors import ScorerError
+from .retry import RetryPolicy, RetryState
 from .score_request import RequestIds
 from .urls import Endpoint, parse_urls
 
@@ -135,3 +136,14 @@ class ChannelClient:
             channel_options=channel_options,
             endpoint_cooldown=endpoint_cooldown,
         )
+
+    def _retry_delay(self, member: Member, exc: Exception, state: RetryState) -> float:
+        """Seconds to wait before the next attempt after `exc` (a grpc.RpcError or a
+        ScorerError) on `member`; raises it as a ScorerError when it may not be retried."""
+        error = exc if isinstance(exc, ScorerError) else ScorerError.from_rpc(exc, member.endpoint.url)
+        delay = self._pool.failed(member, error, state)
+        if delay is None:
+            if error is exc:
+                raise error
+            raise error from exc
+        return delay

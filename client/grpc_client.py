@@ -123,12 +123,7 @@ class ScorerClient(ChannelClient):
                     state.reset()
                     yield from pipeline.ready()
             except (grpc.RpcError, ScorerError) as exc:
-                error = exc if isinstance(exc, ScorerError) else ScorerError.from_rpc(exc, member.endpoint.url)
-                delay = self._pool.failed(member, error, state)
-                if delay is None:
-                    if error is exc:
-                        raise
-                    raise error from exc
+                delay = self._retry_delay(member, exc, state)
             finally:
                 outbox.put(None)  # lets gRPC's sending thread finish
                 call.cancel()  # before the backoff, so the server stops work on it now
@@ -143,11 +138,7 @@ class ScorerClient(ChannelClient):
             try:
                 response = rpc(request, timeout=state.attempt_timeout(timeout), metadata=self._metadata)
             except grpc.RpcError as exc:
-                error = ScorerError.from_rpc(exc, member.endpoint.url)
-                delay = self._pool.failed(member, error, state)
-                if delay is None:
-                    raise error from exc
-                time.sleep(delay)
+                time.sleep(self._retry_delay(member, exc, state))
             else:
                 self._pool.mark_up(member)
                 return response
