@@ -11,6 +11,7 @@
 """
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -113,7 +114,8 @@ def export_model(model, lm, source_dir: str | Path, out_dir: Path, d: Dist) -> N
     """Save the trained weights as a Hugging Face checkpoint (with the extended config).
 
     The tokenizer files of the source checkpoint are copied beside it, so the export can be
-    served or trained further as it is.
+    served or trained further as it is. Nothing else is: a model card or metadata of the
+    source describe other weights.
     """
     full = get_model_state_dict(
         model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -121,8 +123,39 @@ def export_model(model, lm, source_dir: str | Path, out_dir: Path, d: Dist) -> N
     if d.is_main:
         state = {name.removeprefix("lm."): tensor for name, tensor in full.items()}
         lm.save_pretrained(out_dir, state_dict=state)
-        for file in Path(source_dir).iterdir():
-            weights = ".safetensors" in file.name or ".bin" in file.name
-            if file.is_file() and not weights and not (out_dir / file.name).exists():
-                shutil.copy2(file, out_dir / file.name)
+        copy_tokenizer_files(Path(source_dir), out_dir)
+        _readable_as_umask_allows(out_dir)
     dist.barrier()
+
+
+# The files a Hugging Face tokenizer is saved as (tokenizers' fast format, sentencepiece,
+# BPE vocab/merges, WordPiece vocab, chat templates).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "spiece.model",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+
+
+def copy_tokenizer_files(source_dir: Path, out_dir: Path) -> None:
+    for name in TOKENIZER_FILES:
+        if (source_dir / name).is_file():
+            shutil.copy2(source_dir / name, out_dir / name)
+
+
+def _readable_as_umask_allows(out_dir: Path) -> None:
+    """Weights saved through a temporary file come out 0600; give them the mode any other file
+    written by this process gets, so whoever may read the directory can load the model."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for file in out_dir.iterdir():
+        if file.is_file():
+            file.chmod(0o666 & ~umask)
