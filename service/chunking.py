@@ -49,6 +49,25 @@ def chunk_count(length: int, window: int, stride: int) -> int:
     return -(-(length - window) // stride)
 
 
+def forward_tokens(
+    length: int, window: int, stride: int, need_long: bool, need_short: bool, short_is_long: bool
+) -> int:
+    """Tokens fed to the model by `plan_sequence`'s segments, without building them: the
+    work a sequence costs, so a request can be bounded and queued by it before it runs."""
+    if length < 2:
+        return 0
+    total = length - 1 if need_long else 0
+    if not need_short:
+        return total
+    if not (need_long and short_is_long):
+        total += min(window, length) - 1
+    chunks = chunk_count(length, window, stride)
+    if chunks:
+        # Every chunk but the last feeds window-1 tokens; the last ends at x_{L-2}.
+        total += (chunks - 1) * (window - 1) + (length - 1 - chunks * stride)
+    return total
+
+
 def plan_sequence(
     sequence: int,
     tokens: torch.Tensor,

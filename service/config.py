@@ -58,13 +58,25 @@ class ServerConfig:
     http_port: int = 8000
     http: bool = True
     # Batcher: tokens coalesced into one engine call (None = the engine's token budget),
-    # how long a request may wait for company, and how many requests may wait per scorer.
+    # how long a request may wait for company, and how many requests and forward tokens
+    # may wait per scorer.
     batch_tokens: int | None = None
     max_wait_ms: float = 5.0
     queue_size: int = 256
+    queue_tokens: int = 1 << 24
+    # The fraction of the queue (requests and tokens) one client connection may hold, so a
+    # flooding client cannot lock the others out.
+    client_share: float = 0.25
+    # Requests one ScoreStream may have in flight; past it the server stops reading the
+    # stream until answers go out (flow control, not errors).
+    stream_inflight: int = 64
     # Largest request accepted; gRPC message limits are sized from these.
     max_request_tokens: int = 1 << 20
     max_sequences: int = 4096
+    # Tokens the model may read for one request (long pass plus short-context chunks): a
+    # small stride multiplies the chunks, so this bounds the engine time one request takes.
+    # The default fits the largest request at the default stride (about 2.3 per token).
+    max_forward_tokens: int = 1 << 22
     # In-memory score cache; 0 disables it.
     cache_mb: float = 0.0
     # Shared bearer token; None = no authentication.

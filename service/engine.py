@@ -5,9 +5,11 @@
 `self` source calls it with the live model. No web framework is imported here.
 """
 
+import bisect
 import dataclasses
 import functools
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .chunking import LONG, SHORT, check_window, default_stride, plan_sequence
+from .chunking import LONG, SHORT, check_window, default_stride, forward_tokens, plan_sequence
 from .loading import load_causal_lm, resolve_device, resolve_dtype
 from .logprobs import ForwardOptions, run_segments
 
@@ -53,6 +55,9 @@ class ScoreJob:
     window: int
     stride: int
     outputs: Outputs = ALL_OUTPUTS
+    # True once nobody waits for the result: the engine skips the job's remaining forward
+    # calls (checked between calls) and its result is left undefined.
+    abandoned: Callable[[], bool] | None = None
 
 
 @dataclass
@@ -109,8 +114,12 @@ def compute_logprobs(
         short = torch.empty(targets) if job.outputs.need_short else None
         results.append(LogProbs(long, short))
 
+    def abandoned(seg) -> bool:
+        check = jobs[seg.sequence].abandoned
+        return check is not None and check()
+
     for model, segs in by_model.values():
-        for seg, logp in zip(segs, run_segments(model, segs, options)):
+        for seg, logp in zip(segs, run_segments(model, segs, options, abandoned)):
             result = results[seg.sequence]
             out = result.long if seg.role == LONG else result.short
             out[seg.out_offset : seg.out_offset + logp.numel()] = logp
@@ -287,6 +296,37 @@ class ScoringEngine:
                         f"window {window} needs the short model to read {chunk_tokens} tokens "
                         f"but it has {self.short_max_positions} positions; use a smaller window"
                     )
+
+    def forward_tokens(self, lengths: list[int], window: int, stride: int, outputs: Outputs) -> int:
+        """Tokens the model reads to score sequences of these lengths: the work they cost."""
+        short_is_long = self.short_model is None
+        need_long, need_short = outputs.need_long, outputs.need_short
+        return sum(
+            forward_tokens(n, window, stride, need_long, need_short, short_is_long) for n in lengths
+        )
+
+    def check_work(
+        self, sequences: list[np.ndarray], window: int, stride: int, outputs: Outputs, limit: int
+    ) -> int:
+        """The request's forward tokens; ScoringInputError if over `limit`, naming the
+        smallest stride that fits (a small stride multiplies the short-context passes)."""
+        lengths = [seq.size for seq in sequences]
+        work = self.forward_tokens(lengths, window, stride, outputs)
+        if work <= limit:
+            return work
+        strides = range(stride, window)
+        fits = bisect.bisect_left(
+            strides, True, key=lambda s: self.forward_tokens(lengths, window, s, outputs) <= limit
+        )
+        advice = (
+            f"use stride >= {strides[fits]} (window {window}) or split the request"
+            if fits < len(strides)
+            else "split the request"
+        )
+        raise ScoringInputError(
+            f"the request needs {work} forward tokens at window {window}, stride {stride}; this "
+            f"server runs at most {limit} per request: {advice}"
+        )
 
     def run(self, jobs: list[ScoreJob]) -> list[SequenceScores]:
         """Score jobs that already passed `check` (the batcher's entry point)."""

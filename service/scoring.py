@@ -5,13 +5,14 @@ a bad request fails alone and never reaches the engine.
 """
 
 import asyncio
+import contextvars
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
-from .batcher import Batcher
+from .batcher import Batcher, QueueLimits
 from .cache import ScoreCache
 from .config import ServerConfig
 from .engine import Outputs, ScoringInputError, SequenceScores
@@ -22,6 +23,10 @@ from .scorers import Scorer
 log = logging.getLogger(__name__)
 
 STARTING, SERVING, DRAINING = "starting", "serving", "draining"
+
+# Who is asking (a connection's address), for the batcher's per-client share and
+# round-robin; front ends set it per request where they do not pass `client` explicitly.
+current_client: contextvars.ContextVar[str] = contextvars.ContextVar("tokenweight_client", default="")
 
 
 @dataclass
@@ -58,7 +63,9 @@ class ScoringService:
                 self.metrics,
                 batch_tokens=self.config.batch_tokens or scorer.engine.options.token_budget,
                 max_wait=self.config.max_wait_ms / 1000,
-                queue_size=self.config.queue_size,
+                limits=QueueLimits(
+                    self.config.queue_size, self.config.queue_tokens, self.config.client_share
+                ),
             )
             batcher.start()
             self._batchers[name] = batcher
@@ -107,12 +114,14 @@ class ScoringService:
         stride: int | None,
         outputs: Outputs,
         timeout: float | None = None,
+        client: str | None = None,
     ) -> Scored:
         label = "unknown"
+        client = current_client.get() if client is None else client
         try:
             scorer = self.scorer(scorer_name)
             label = scorer.config.name
-            scored = await self._score(scorer, sequences, window, stride, outputs, timeout)
+            scored = await self._score(scorer, sequences, window, stride, outputs, timeout, client)
         except ServiceError as exc:
             self.metrics.score_requests.labels(label, exc.status).inc()
             raise
@@ -122,12 +131,13 @@ class ScoringService:
         self.metrics.score_requests.labels(label, "OK").inc()
         return scored
 
-    async def _score(self, scorer, sequences, window, stride, outputs, timeout) -> Scored:
+    async def _score(self, scorer, sequences, window, stride, outputs, timeout, client) -> Scored:
         engine, name = scorer.engine, scorer.config.name
         self._check_limits(sequences)
         try:
             k, s = engine.resolve(window, stride)
             engine.check(sequences, k, s)
+            engine.check_work(sequences, k, s, outputs, self.config.max_forward_tokens)
         except ScoringInputError as exc:
             raise InvalidArgument(str(exc)) from None
         fingerprint = engine.fingerprint(k, s)
@@ -145,7 +155,7 @@ class ScoringService:
             self._idle.clear()
             try:
                 fresh = await self._batchers[name].score(
-                    [sequences[i] for i in missing], k, s, outputs, timeout
+                    [sequences[i] for i in missing], k, s, outputs, timeout, client
                 )
             finally:
                 self._inflight -= 1

@@ -52,8 +52,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tune.add_argument("--batch-tokens", type=int, help="tokens coalesced per engine call (default: the engine's token budget)")
     tune.add_argument("--max-wait-ms", type=float, help="longest a request waits for others to batch with (default 5)")
     tune.add_argument("--queue-size", type=int, help="requests waiting per scorer before RESOURCE_EXHAUSTED (default 256)")
+    tune.add_argument("--queue-tokens", type=int, help="forward tokens waiting per scorer before RESOURCE_EXHAUSTED (default 16777216)")
+    tune.add_argument("--client-share", type=float, help="fraction of the queue one client connection may hold (default 0.25)")
+    tune.add_argument("--stream-inflight", type=int, help="requests in flight per ScoreStream before the server stops reading it (default 64)")
     tune.add_argument("--max-request-tokens", type=int, help="tokens per request (default 1048576)")
     tune.add_argument("--max-sequences", type=int, help="sequences per request (default 4096)")
+    tune.add_argument(
+        "--max-forward-tokens", type=int,
+        help="tokens the model may read for one request, chunks included (default 4194304)",
+    )
     tune.add_argument("--cache-mb", type=float, help="in-memory score cache size (default 0 = off)")
     tune.add_argument("--grace", dest="grace_s", type=float, help="seconds to drain on SIGTERM (default 30)")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
@@ -69,7 +76,8 @@ def build_config(args: argparse.Namespace):
         key: getattr(args, key)
         for key in (
             "host", "grpc_port", "http_port", "http", "tls_cert", "tls_key", "batch_tokens",
-            "max_wait_ms", "queue_size", "max_request_tokens", "max_sequences", "cache_mb", "grace_s",
+            "max_wait_ms", "queue_size", "queue_tokens", "client_share", "stream_inflight", "max_request_tokens", "max_sequences", "max_forward_tokens",
+            "cache_mb", "grace_s",
         )
     }
     overrides["auth_token"] = args.auth_token or os.environ.get(TOKEN_ENV) or None

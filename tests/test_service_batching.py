@@ -37,7 +37,7 @@ class GatedEngine:
 def gated(tiny_scorers):
     tiny = tiny_scorers["tiny"]
     engine = GatedEngine(tiny.engine)
-    with ThreadedServer({"tiny": Scorer(tiny.config, engine, tiny.tokenizer)}, max_wait_ms=0, queue_size=2) as srv:
+    with ThreadedServer({"tiny": Scorer(tiny.config, engine, tiny.tokenizer)}, max_wait_ms=0, queue_size=2, client_share=1.0) as srv:
         with srv.channel() as channel:
             yield srv, engine, scorer_pb2_grpc.ScorerStub(channel)
         engine.gate.set()
