@@ -23,6 +23,10 @@ class NotFound(ServiceError):
     status = "NOT_FOUND"
 
 
+class AlreadyExists(ServiceError):
+    status = "ALREADY_EXISTS"
+
+
 class QueueFull(ServiceError):
     status = "RESOURCE_EXHAUSTED"
 
@@ -43,6 +47,7 @@ HTTP_STATUS = {
     "INVALID_ARGUMENT": 400,
     "UNAUTHENTICATED": 401,
     "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
     "RESOURCE_EXHAUSTED": 429,
     "UNAVAILABLE": 503,
     "DEADLINE_EXCEEDED": 504,
