@@ -83,7 +83,16 @@ class ServerConfig:
     auth_token: str | None = field(default=None, repr=False)
     tls_cert: str | None = None
     tls_key: str | None = None
-    # Seconds SIGTERM/SIGINT wait for in-flight requests before the process exits.
+    # HTTP connections: a request's headers must arrive within header_timeout_s of the
+    # connection (or the previous response), its body within body_timeout_s of the headers;
+    # idle kept-alive connections close after keep_alive_s; connections past the limit are
+    # refused with 503.
+    http_header_timeout_s: float = 10.0
+    http_body_timeout_s: float = 60.0
+    http_keep_alive_s: float = 5.0
+    http_max_connections: int = 1024
+    # Seconds SIGTERM/SIGINT may take in all: draining in-flight requests, failing the rest
+    # as UNAVAILABLE (HTTP 503), and closing both front ends.
     grace_s: float = 30.0
 
 

@@ -37,6 +37,8 @@ MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vn
 DISCONNECT_POLL_S = 0.05
 # nginx's "client closed request": nobody reads it, but metrics count it apart from errors.
 CLIENT_CLOSED = 499
+# Seconds a client told 429 or 503 should wait before trying again.
+RETRY_AFTER_S = "1"
 
 _ERRORS = {
     code: {"model": ErrorBody}
@@ -245,7 +247,7 @@ def create_app(service: ScoringService, config: ServerConfig, metrics: Metrics) 
     @app.get("/readyz", summary="Readiness: models loaded and not draining", responses=_ERRORS)
     async def readyz():
         if service.state != SERVING:
-            return _error(503, f"not ready: the server is {service.state}")
+            return _error(503, f"not ready: the server is {service.state}", **{"Retry-After": RETRY_AFTER_S})
         return {"status": SERVING}
 
     @app.get("/metrics", summary="Prometheus metrics")
@@ -285,6 +287,8 @@ def create_app(service: ScoringService, config: ServerConfig, metrics: Metrics) 
     async def service_error(request, exc: ServiceError):
         status = HTTP_STATUS[exc.status]
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+        if status in (429, 503):  # a full queue or a draining server: worth a retry soon
+            headers["Retry-After"] = RETRY_AFTER_S
         return _error(status, exc.message, **headers)
 
     @app.exception_handler(HTTPException)

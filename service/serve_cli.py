@@ -62,7 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="tokens the model may read for one request, chunks included (default 4194304)",
     )
     tune.add_argument("--cache-mb", type=float, help="in-memory score cache size (default 0 = off)")
-    tune.add_argument("--grace", dest="grace_s", type=float, help="seconds to drain on SIGTERM (default 30)")
+    tune.add_argument("--grace", dest="grace_s", type=float, help="seconds SIGTERM may take in all, draining included (default 30)")
+    net.add_argument("--http-header-timeout", dest="http_header_timeout_s", type=float, help="seconds a request's headers may take to arrive (default 10)")
+    net.add_argument("--http-body-timeout", dest="http_body_timeout_s", type=float, help="seconds a request's body may take after its headers (default 60)")
+    net.add_argument("--http-keep-alive", dest="http_keep_alive_s", type=float, help="seconds an idle kept-alive connection stays open (default 5)")
+    net.add_argument("--http-max-connections", type=int, help="open HTTP connections before new ones get 503 (default 1024)")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
 
 
@@ -77,7 +81,8 @@ def build_config(args: argparse.Namespace):
         for key in (
             "host", "grpc_port", "http_port", "http", "tls_cert", "tls_key", "batch_tokens",
             "max_wait_ms", "queue_size", "queue_tokens", "client_share", "stream_inflight", "max_request_tokens", "max_sequences", "max_forward_tokens",
-            "cache_mb", "grace_s",
+            "cache_mb", "grace_s", "http_header_timeout_s", "http_body_timeout_s", "http_keep_alive_s",
+            "http_max_connections",
         )
     }
     overrides["auth_token"] = args.auth_token or os.environ.get(TOKEN_ENV) or None

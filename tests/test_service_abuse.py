@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import ThreadedServer
+from engine_helpers import RecordingEngine, wait_for
 from tokenweight.client import RetryPolicy, ScorerClient, ScorerError, wire
 from tokenweight.service.chunking import forward_tokens, plan_sequence
 from tokenweight.service.engine import ALL_OUTPUTS, ScoringEngine
@@ -23,37 +24,9 @@ RNG = np.random.default_rng(15)
 OWN_CONNECTION = {"grpc.use_local_subchannel_pool": 1}
 
 
-class RecordingEngine:
-    """The real engine, recording the sequence lengths of every `run`; with `gated`, each run
-    first waits for the test to open the gate (to hold the engine busy without sleeps)."""
-
-    def __init__(self, engine, gated: bool = False):
-        self._engine = engine
-        self.gate, self.entered = threading.Event(), threading.Event()
-        if not gated:
-            self.gate.set()
-        self.runs: list[list[int]] = []
-
-    def __getattr__(self, name):
-        return getattr(self._engine, name)
-
-    def run(self, jobs):
-        self.entered.set()
-        assert self.gate.wait(20), "the test never opened the gate"
-        self.runs.append([job.tokens.numel() for job in jobs])
-        return self._engine.run(jobs)
-
-
 def serve(tiny_scorers, engine, **settings) -> ThreadedServer:
     tiny = tiny_scorers["tiny"]
     return ThreadedServer({"tiny": Scorer(tiny.config, engine, tiny.tokenizer)}, **settings)
-
-
-def wait_for(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.005)
 
 
 @pytest.mark.parametrize("need_long,need_short,short_is_long", [(1, 1, 1), (1, 1, 0), (0, 1, 1), (1, 0, 1)])
