@@ -111,7 +111,10 @@ class Batcher:
             await asyncio.gather(self._task, return_exceptions=True)
         requests = {unit.request for queue in self._queues.values() for unit in queue}
         for request in requests | self._running:
-            _resolve(request, exc=Unavailable("the server is shutting down; retry against another replica"))
+            _resolve(
+                request,
+                exc=Unavailable("the server is shutting down; retry against another replica"),
+            )
 
     async def score(
         self,
@@ -123,7 +126,15 @@ class Batcher:
         client: str = "",
     ) -> list[SequenceScores]:
         loop = asyncio.get_running_loop()
-        request = _Request(client, window, stride, outputs, loop.time(), loop.create_future(), [None] * len(sequences))
+        request = _Request(
+            client,
+            window,
+            stride,
+            outputs,
+            loop.time(),
+            loop.create_future(),
+            [None] * len(sequences),
+        )
         units = self._split(request, sequences)
         self._admit(client, sum(u.work for u in units))
         queue = self._queues.setdefault(client, deque())
@@ -149,11 +160,15 @@ class Batcher:
         units, start = [], 0
         while start < len(sequences):
             end, tokens = start, 0
-            while end < len(sequences) and (end == start or tokens + sequences[end].size <= self.batch_tokens):
+            while end < len(sequences) and (
+                end == start or tokens + sequences[end].size <= self.batch_tokens
+            ):
                 tokens += sequences[end].size
                 end += 1
             part = sequences[start:end]
-            work = self.engine.forward_tokens([s.size for s in part], request.window, request.stride, request.outputs)
+            work = self.engine.forward_tokens(
+                [s.size for s in part], request.window, request.stride, request.outputs
+            )
             units.append(_Unit(request, start, part, tokens, work))
             start = end
         return units
@@ -267,13 +282,17 @@ class Batcher:
         except Exception as exc:
             if len(batch) > 1:
                 # Run each unit alone so a request that breaks the engine fails alone.
-                log.warning("engine batch of %d units failed (%s); retrying one by one", len(batch), exc)
+                log.warning(
+                    "engine batch of %d units failed (%s); retrying one by one", len(batch), exc
+                )
                 for unit in batch:
                     await self._run([unit])
                 return
             log.exception("scoring failed on scorer %r", name)
             self._running.discard(batch[0].request)
-            _resolve(batch[0].request, exc=ServiceError(f"scoring failed: {type(exc).__name__}: {exc}"))
+            _resolve(
+                batch[0].request, exc=ServiceError(f"scoring failed: {type(exc).__name__}: {exc}")
+            )
             return
         metrics.tokens_scored.labels(name).inc(tokens)
         for unit, scores in zip(batch, results):

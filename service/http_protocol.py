@@ -31,7 +31,9 @@ def _canned(status: str, message: str, retry_after: int | None = None) -> bytes:
 
 
 class GuardedH11Protocol(H11Protocol):
-    def __init__(self, *args, header_timeout: float, body_timeout: float, max_connections: int, **kwargs):
+    def __init__(
+        self, *args, header_timeout: float, body_timeout: float, max_connections: int, **kwargs
+    ):
         super().__init__(*args, **kwargs)
         self._header_timeout, self._body_timeout = header_timeout, body_timeout
         self._max_connections = max_connections
@@ -40,7 +42,9 @@ class GuardedH11Protocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > self._max_connections:
-            message = f"the server has {self._max_connections} connections open, its limit; retry shortly"
+            message = (
+                f"the server has {self._max_connections} connections open, its limit; retry shortly"
+            )
             transport.write(_canned("503 Service Unavailable", message, retry_after=1))
             transport.close()
             return
@@ -66,7 +70,9 @@ class GuardedH11Protocol(H11Protocol):
 
     def _arm(self, seconds: float, what: str) -> None:
         self._disarm()
-        self._deadline = self.loop.call_later(seconds, self._expired, f"{what} within {seconds:g} s")
+        self._deadline = self.loop.call_later(
+            seconds, self._expired, f"{what} within {seconds:g} s"
+        )
 
     def _disarm(self) -> None:
         if self._deadline is not None:

@@ -4,6 +4,7 @@ error isolation on streams, and no retries of messages that are too large."""
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -29,12 +30,16 @@ def serve(tiny_scorers, engine, **settings) -> ThreadedServer:
     return ThreadedServer({"tiny": Scorer(tiny.config, engine, tiny.tokenizer)}, **settings)
 
 
-@pytest.mark.parametrize("need_long,need_short,short_is_long", [(1, 1, 1), (1, 1, 0), (0, 1, 1), (1, 0, 1)])
+@pytest.mark.parametrize(
+    "need_long,need_short,short_is_long", [(1, 1, 1), (1, 1, 0), (0, 1, 1), (1, 0, 1)]
+)
 def test_forward_tokens_equal_the_plan(need_long, need_short, short_is_long):
     for length in (0, 1, 2, 7, 8, 9, 30, 101):
         for window, stride in ((8, 1), (8, 6), (8, 7), (16, 5), (2, 1)):
             tokens = torch.arange(length)
-            plan = plan_sequence(0, tokens, window, stride, None, need_long, need_short, short_is_long)
+            plan = plan_sequence(
+                0, tokens, window, stride, None, need_long, need_short, short_is_long
+            )
             got = forward_tokens(length, window, stride, need_long, need_short, short_is_long)
             assert got == sum(len(seg) for seg in plan), (length, window, stride)
 
@@ -55,10 +60,16 @@ def test_work_per_request_is_bounded_and_the_fitting_stride_named(tiny_scorers):
         assert f"stride >= {fitting} (window 8)" in info.value.details()
         with pytest.raises(grpc.RpcError):
             stub.Score(wire.build_request([seq], window=8, stride=fitting - 1), timeout=10)
-        ok = wire.parse_response(stub.Score(wire.build_request([seq], window=8, stride=fitting), timeout=10))
-        np.testing.assert_allclose(ok.results[0].score, engine.score([seq], 8, fitting)[0].score, atol=1e-5)
+        ok = wire.parse_response(
+            stub.Score(wire.build_request([seq], window=8, stride=fitting), timeout=10)
+        )
+        np.testing.assert_allclose(
+            ok.results[0].score, engine.score([seq], 8, fitting)[0].score, atol=1e-5
+        )
         with srv.http() as http:
-            response = http.post("/v1/score", json={"token_ids": [seq.tolist()], "window": 8, "stride": 1})
+            response = http.post(
+                "/v1/score", json={"token_ids": [seq.tolist()], "window": 8, "stride": 1}
+            )
         assert response.status_code == 400 and f"stride >= {fitting}" in response.json()["error"]
 
 
@@ -77,7 +88,10 @@ def test_abandoned_work_stops_between_forward_calls(tiny_scorers):
 
     hook = model.base_model.register_forward_hook(slow_forward)
     try:
-        with serve(tiny_scorers, engine, http=False, max_wait_ms=0) as srv, srv.channel() as channel:
+        with (
+            serve(tiny_scorers, engine, http=False, max_wait_ms=0) as srv,
+            srv.channel() as channel,
+        ):
             stub = scorer_pb2_grpc.ScorerStub(channel)
             long_request = wire.build_request([RNG.integers(3, 300, 400)], window=8, stride=1)
             with pytest.raises(grpc.RpcError) as info:
@@ -94,51 +108,65 @@ def test_abandoned_work_stops_between_forward_calls(tiny_scorers):
 
 
 def test_one_client_cannot_take_the_whole_queue(tiny_scorers):
-    """A flooding stream gets RESOURCE_EXHAUSTED past its share; another client still gets in."""
+    """A flooding stream gets RESOURCE_EXHAUSTED past its share (2 of 8 requests); other
+    clients, over gRPC and HTTP, still get in."""
     engine = RecordingEngine(tiny_scorers["tiny"].engine, gated=True)
-    with serve(tiny_scorers, engine, http=False, max_wait_ms=0, queue_size=8, client_share=0.25) as srv:
-        with srv.channel(**OWN_CONNECTION) as flood_channel, srv.channel(**OWN_CONNECTION) as other_channel:
-            flood = scorer_pb2_grpc.ScorerStub(flood_channel)
-            requests = [wire.build_request([[1, 2, 3 + i % 200]], request_id=f"f{i}") for i in range(20)]
-            responses = []
-            reader = threading.Thread(
-                target=lambda: responses.extend(flood.ScoreStream(iter(requests), timeout=30)), daemon=True
-            )
-            reader.start()
-            assert engine.entered.wait(10)
-            wait_for(lambda: srv.metric("tokenweight_queue_depth", scorer="tiny") == 2)
-            other = scorer_pb2_grpc.ScorerStub(other_channel)
-            seqs = [RNG.integers(3, 300, 12), RNG.integers(3, 300, 30)]
-            mine = [other.Score.future(wire.build_request([seq]), timeout=30) for seq in seqs]
-            wait_for(lambda: srv.metric("tokenweight_queue_depth", scorer="tiny") == 4)
+    srv = serve(tiny_scorers, engine, max_wait_ms=0, queue_size=8, client_share=0.25)
+    flood_channel, other_channel = srv.channel(**OWN_CONNECTION), srv.channel(**OWN_CONNECTION)
+    try:
+        flood = scorer_pb2_grpc.ScorerStub(flood_channel)
+        requests = [wire.build_request([[1, 2, 3 + i]], request_id=f"f{i}") for i in range(20)]
+        responses = []
+        reader = threading.Thread(
+            target=lambda: responses.extend(flood.ScoreStream(iter(requests), timeout=30))
+        )
+        reader.start()
+        assert engine.entered.wait(10)
+        wait_for(lambda: srv.metric("tokenweight_queue_depth", scorer="tiny") == 2)
+        other = scorer_pb2_grpc.ScorerStub(other_channel)
+        seqs = [RNG.integers(3, 300, 12), RNG.integers(3, 300, 30), RNG.integers(3, 300, 7)]
+        mine = [other.Score.future(wire.build_request([seq]), timeout=30) for seq in seqs[:2]]
+        with ThreadPoolExecutor(1) as pool, srv.http() as http:
+            by_http = pool.submit(http.post, "/v1/score", json={"token_ids": [seqs[2].tolist()]})
+            wait_for(lambda: srv.metric("tokenweight_queue_depth", scorer="tiny") == 5)
             engine.gate.set()
-            for future, seq in zip(mine, seqs):
-                got = wire.parse_response(future.result()).results[0]
-                np.testing.assert_allclose(got.score, engine.score([seq])[0].score, atol=1e-5)
-            reader.join(20)
-    codes = [r.error.code for r in responses if r.HasField("error")]
-    assert len(responses) == 20
-    assert 1 <= len(codes) and set(codes) == {grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]}
-    assert all("share" in r.error.message for r in responses if r.HasField("error"))
+            got = [wire.parse_response(f.result()).results[0].score for f in mine]
+            got.append(np.array(by_http.result().json()["results"][0]["score"], np.float32))
+        reader.join(20)
+    finally:
+        engine.gate.set()
+        flood_channel.close(), other_channel.close()
+        srv.close()
+    for score, seq in zip(got, seqs):
+        np.testing.assert_allclose(score, engine.score([seq])[0].score, atol=1e-5)
+    refused = [r.error for r in responses if r.HasField("error")]
+    assert len(responses) == 20 and len(refused) >= 17
+    assert {e.code for e in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]}
+    assert all("its share is 2" in e.message for e in refused)
 
 
 def test_a_stream_is_held_to_its_in_flight_limit(tiny_scorers):
     engine = RecordingEngine(tiny_scorers["tiny"].engine, gated=True)
-    with serve(tiny_scorers, engine, http=False, max_wait_ms=0, client_share=1.0, stream_inflight=4) as srv:
-        with srv.channel() as channel:
-            stub = scorer_pb2_grpc.ScorerStub(channel)
-            requests = [wire.build_request([[1, 2, 3 + i]], request_id=f"r{i}") for i in range(40)]
-            responses = []
-            reader = threading.Thread(
-                target=lambda: responses.extend(stub.ScoreStream(iter(requests), timeout=30)), daemon=True
-            )
-            reader.start()
-            assert engine.entered.wait(10)
-            wait_for(lambda: srv.metric("tokenweight_queue_depth", scorer="tiny") >= 3)
-            time.sleep(0.3)  # time for more to arrive, were the stream read past its limit
-            assert srv.metric("tokenweight_queue_depth", scorer="tiny") == 3  # 1 running + 3
-            engine.gate.set()
-            reader.join(20)
+    with (
+        serve(
+            tiny_scorers, engine, http=False, max_wait_ms=0, client_share=1.0, stream_inflight=4
+        ) as srv,
+        srv.channel() as channel,
+    ):
+        stub = scorer_pb2_grpc.ScorerStub(channel)
+        requests = [wire.build_request([[1, 2, 3 + i]], request_id=f"r{i}") for i in range(40)]
+        responses = []
+        reader = threading.Thread(
+            target=lambda: responses.extend(stub.ScoreStream(iter(requests), timeout=30)),
+            daemon=True,
+        )
+        reader.start()
+        assert engine.entered.wait(10)
+        wait_for(lambda: srv.metric("tokenweight_queue_depth", scorer="tiny") >= 3)
+        time.sleep(0.3)  # time for more to arrive, were the stream read past its limit
+        assert srv.metric("tokenweight_queue_depth", scorer="tiny") == 3  # 1 running + 3
+        engine.gate.set()
+        reader.join(20)
     assert sorted(r.request_id for r in responses) == sorted(f"r{i}" for i in range(40))
     assert not any(r.HasField("error") for r in responses)
 
@@ -148,13 +176,18 @@ def test_a_huge_request_is_interleaved_round_robin(tiny_scorers):
     client that arrives after them runs within the next engine calls, not after all."""
     engine = RecordingEngine(tiny_scorers["tiny"].engine, gated=True)
     with serve(tiny_scorers, engine, http=False, max_wait_ms=0, batch_tokens=64) as srv:
-        with srv.channel(**OWN_CONNECTION) as big_channel, srv.channel(**OWN_CONNECTION) as small_channel:
+        with (
+            srv.channel(**OWN_CONNECTION) as big_channel,
+            srv.channel(**OWN_CONNECTION) as small_channel,
+        ):
             big = scorer_pb2_grpc.ScorerStub(big_channel).Score.future(
                 wire.build_request([RNG.integers(3, 300, 4) for _ in range(4000)]), timeout=60
             )
             assert engine.entered.wait(10)
             small_seq = RNG.integers(3, 300, 9)
-            small = scorer_pb2_grpc.ScorerStub(small_channel).Score.future(wire.build_request([small_seq]), timeout=60)
+            small = scorer_pb2_grpc.ScorerStub(small_channel).Score.future(
+                wire.build_request([small_seq]), timeout=60
+            )
             wait_for(lambda: srv.metric("tokenweight_queue_depth", scorer="tiny") == 2)
             engine.gate.set()
             got = wire.parse_response(small.result()).results[0]
@@ -203,7 +236,9 @@ def test_stream_survives_malformed_messages_and_refuses_duplicate_ids(tiny_score
     scored = {r.request_id: wire.parse_response(r) for r in responses if not r.HasField("error")}
     assert sorted(scored) == ["a", "b"]
     for rid, seq in (("a", good[0]), ("b", good[1])):
-        np.testing.assert_allclose(scored[rid].results[0].score, engine.score([seq])[0].score, atol=1e-5)
+        np.testing.assert_allclose(
+            scored[rid].results[0].score, engine.score([seq])[0].score, atol=1e-5
+        )
 
 
 def test_message_too_large_is_not_retried(tiny_scorers):

@@ -62,7 +62,9 @@ async def _open_sockets(srv):
 def test_half_sent_headers_and_slow_bodies_are_cut_off(tiny_scorers, caplog):
     with ThreadedServer(tiny_scorers, http_header_timeout_s=0.3, http_body_timeout_s=0.3) as srv:
         half_headers = raw(srv, b"POST /v1/score HTTP/1.1\r\nhost: x\r\ncontent-type: app")
-        slow_body = raw(srv, b"POST /v1/score HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"tok")
+        slow_body = raw(
+            srv, b'POST /v1/score HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{"tok'
+        )
         started = time.monotonic()
         for sock in (half_headers, slow_body):
             status, head, body = status_and_body(read_all(sock))
@@ -72,17 +74,27 @@ def test_half_sent_headers_and_slow_bodies_are_cut_off(tiny_scorers, caplog):
         # A complete request on a fresh connection is not affected.
         with srv.http() as http:
             assert http.post("/v1/score", json={"token_ids": [[1, 5, 9]]}).status_code == 200
-        wait_for(lambda: srv.metric("tokenweight_http_requests_total", route="/v1/score", status="499") == 1)
+        wait_for(
+            lambda: (
+                srv.metric("tokenweight_http_requests_total", route="/v1/score", status="499") == 1
+            )
+        )
         assert srv.metric("tokenweight_http_requests_total", route="/v1/score", status="500") == 0
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 def test_disconnect_during_the_body_is_no_server_error(tiny_scorers, caplog):
     with ThreadedServer(tiny_scorers) as srv:
-        sock = raw(srv, b"POST /v1/score HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n{\"token_ids\"")
+        sock = raw(
+            srv, b'POST /v1/score HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n{"token_ids"'
+        )
         wait_for(lambda: len(srv.server.http._server.server_state.tasks) == 1)
         sock.close()
-        wait_for(lambda: srv.metric("tokenweight_http_requests_total", route="/v1/score", status="499") == 1)
+        wait_for(
+            lambda: (
+                srv.metric("tokenweight_http_requests_total", route="/v1/score", status="499") == 1
+            )
+        )
         assert srv.metric("tokenweight_http_requests_total", route="/v1/score", status="500") == 0
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
@@ -120,7 +132,8 @@ def test_shutdown_keeps_to_its_grace_and_answers_503_that_clients_retry(tiny_sco
     retries = []
     try:
         client = HttpScorerClient(
-            srv.http_url, retry=RetryPolicy(max_attempts=2, initial_backoff=0.01, on_retry=retries.append)
+            srv.http_url,
+            retry=RetryPolicy(max_attempts=2, initial_backoff=0.01, on_retry=retries.append),
         )
         outcome = {}
 
@@ -161,17 +174,18 @@ def test_retry_after_on_429_and_503(tiny_scorers):
         srv.close()
     tiny = tiny_scorers["tiny"]
     engine = RecordingEngine(tiny.engine, gated=True)
-    with ThreadedServer({"tiny": Scorer(tiny.config, engine, tiny.tokenizer)}, max_wait_ms=0, queue_size=1) as srv:
-        with srv.channel() as channel:
-            stub = scorer_pb2_grpc.ScorerStub(channel)
-            running = stub.Score.future(wire.build_request([[1, 2, 3]]), timeout=30)
-            assert engine.entered.wait(10)
-            queued = stub.Score.future(wire.build_request([[1, 2, 4]]), timeout=30)
-            wait_for(lambda: srv.metric("tokenweight_queue_depth", scorer="tiny") == 1)
-            with srv.http() as http:
-                busy = http.post("/v1/score", json={"token_ids": [[1, 2, 3]]})
-            engine.gate.set()
-            running.result(), queued.result()
+    with ThreadedServer(
+        {"tiny": Scorer(tiny.config, engine, tiny.tokenizer)}, max_wait_ms=0, queue_size=1
+    ) as srv, srv.channel() as channel:
+        stub = scorer_pb2_grpc.ScorerStub(channel)
+        running = stub.Score.future(wire.build_request([[1, 2, 3]]), timeout=30)
+        assert engine.entered.wait(10)
+        queued = stub.Score.future(wire.build_request([[1, 2, 4]]), timeout=30)
+        wait_for(lambda: srv.metric("tokenweight_queue_depth", scorer="tiny") == 1)
+        with srv.http() as http:
+            busy = http.post("/v1/score", json={"token_ids": [[1, 2, 3]]})
+        engine.gate.set()
+        running.result(), queued.result()
     for response, status in ((starting, 503), (ready, 503), (busy, 429)):
         assert response.status_code == status and response.headers["retry-after"] == "1"
         assert response.json()["error"]
