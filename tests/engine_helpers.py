@@ -1,5 +1,6 @@
-"""Helpers for tests that hold a real engine busy: a recording, optionally gated, engine."""
+"""Helpers for tests that hold a real engine busy: gated, recording or slow engines."""
 
+import contextlib
 import threading
 import time
 
@@ -30,3 +31,25 @@ def wait_for(condition, timeout=10.0):
     while not condition():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.005)
+
+
+@contextlib.contextmanager
+def slow_engine(scorer, seconds_per_call: float):
+    """A real engine over `scorer`'s model (window 8) that makes one forward call per chunk,
+    each taking at least `seconds_per_call`: a stride-1 request of n tokens is n-8 slow
+    calls. Yields the engine and the list of call times."""
+    from tokenweight.service.engine import ScoringEngine
+
+    model = scorer.engine.long_model
+    engine = ScoringEngine(model, window=8, token_budget=8, max_length=512)
+    calls: list[float] = []
+
+    def slow_forward(*_):
+        calls.append(time.monotonic())
+        time.sleep(seconds_per_call)
+
+    hook = model.base_model.register_forward_hook(slow_forward)
+    try:
+        yield engine, calls
+    finally:
+        hook.remove()

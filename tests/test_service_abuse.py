@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from conftest import ThreadedServer
-from engine_helpers import RecordingEngine, wait_for
+from engine_helpers import RecordingEngine, slow_engine, wait_for
 from tokenweight.client import RetryPolicy, ScorerClient, ScorerError, wire
 from tokenweight.service.chunking import forward_tokens, plan_sequence
-from tokenweight.service.engine import ALL_OUTPUTS, ScoringEngine
+from tokenweight.service.engine import ALL_OUTPUTS
 from tokenweight.service.scorers import Scorer
 from tokenweight.v1 import scorer_pb2_grpc
 
@@ -76,35 +76,22 @@ def test_work_per_request_is_bounded_and_the_fitting_stride_named(tiny_scorers):
 def test_abandoned_work_stops_between_forward_calls(tiny_scorers):
     """A request of ~400 forward calls whose deadline passes after a few: the engine stops
     calling the model for it, and the next caller is served at once."""
-    tiny = tiny_scorers["tiny"]
-    model = tiny.engine.long_model
-    # One chunk per forward call, so a stride-1 request makes one call per target past k.
-    engine = ScoringEngine(model, window=8, token_budget=8, max_length=512)
-    calls = []
-
-    def slow_forward(*_):
-        calls.append(time.monotonic())
-        time.sleep(0.005)
-
-    hook = model.base_model.register_forward_hook(slow_forward)
-    try:
-        with (
-            serve(tiny_scorers, engine, http=False, max_wait_ms=0) as srv,
-            srv.channel() as channel,
-        ):
-            stub = scorer_pb2_grpc.ScorerStub(channel)
-            long_request = wire.build_request([RNG.integers(3, 300, 400)], window=8, stride=1)
-            with pytest.raises(grpc.RpcError) as info:
-                stub.Score(long_request, timeout=0.3)
-            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            started = time.monotonic()
-            quick = wire.parse_response(stub.Score(wire.build_request([[1, 5, 9, 4]]), timeout=10))
-            waited = time.monotonic() - started
-        assert len(quick.results) == 1
-        assert waited < 1.0, f"the next caller waited {waited:.2f}s behind abandoned work"
-        assert len(calls) < 200, f"{len(calls)} forward calls for a request abandoned after 0.3 s"
-    finally:
-        hook.remove()
+    with (
+        slow_engine(tiny_scorers["tiny"], 0.005) as (engine, calls),
+        serve(tiny_scorers, engine, http=False, max_wait_ms=0) as srv,
+        srv.channel() as channel,
+    ):
+        stub = scorer_pb2_grpc.ScorerStub(channel)
+        long_request = wire.build_request([RNG.integers(3, 300, 400)], window=8, stride=1)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Score(long_request, timeout=0.3)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        started = time.monotonic()
+        quick = wire.parse_response(stub.Score(wire.build_request([[1, 5, 9, 4]]), timeout=10))
+        waited = time.monotonic() - started
+    assert len(quick.results) == 1
+    assert waited < 1.0, f"the next caller waited {waited:.2f}s behind abandoned work"
+    assert len(calls) < 200, f"{len(calls)} forward calls for a request abandoned after 0.3 s"
 
 
 def test_one_client_cannot_take_the_whole_queue(tiny_scorers):

@@ -11,9 +11,8 @@ import httpx
 import numpy as np
 
 from conftest import ThreadedServer
-from engine_helpers import RecordingEngine, wait_for
+from engine_helpers import RecordingEngine, slow_engine, wait_for
 from tokenweight.client import HttpScorerClient, RetryPolicy, ScorerError, wire
-from tokenweight.service.engine import ScoringEngine
 from tokenweight.service.scorers import Scorer
 from tokenweight.v1 import scorer_pb2_grpc
 
@@ -119,23 +118,11 @@ def test_shutdown_keeps_to_its_grace_and_answers_503_that_clients_retry(tiny_sco
     within its grace, the request gets 503 JSON with Retry-After (which HttpScorerClient
     retries), and the engine stops calling the model for it."""
     tiny = tiny_scorers["tiny"]
-    model = tiny.engine.long_model
-    engine = ScoringEngine(model, window=8, token_budget=8, max_length=512)
-    calls = []
-
-    def slow_forward(*_):
-        calls.append(time.monotonic())
-        time.sleep(0.01)
-
-    hook = model.base_model.register_forward_hook(slow_forward)
-    srv = ThreadedServer({"tiny": Scorer(tiny.config, engine, tiny.tokenizer)}, max_wait_ms=0)
-    retries = []
-    try:
-        client = HttpScorerClient(
-            srv.http_url,
-            retry=RetryPolicy(max_attempts=2, initial_backoff=0.01, on_retry=retries.append),
-        )
-        outcome = {}
+    retries, outcome = [], {}
+    policy = RetryPolicy(max_attempts=2, initial_backoff=0.01, on_retry=retries.append)
+    with slow_engine(tiny, 0.01) as (engine, calls):
+        srv = ThreadedServer({"tiny": Scorer(tiny.config, engine, tiny.tokenizer)}, max_wait_ms=0)
+        client = HttpScorerClient(srv.http_url, retry=policy)
 
         def score():
             try:
@@ -145,17 +132,17 @@ def test_shutdown_keeps_to_its_grace_and_answers_503_that_clients_retry(tiny_sco
 
         caller = threading.Thread(target=score)
         caller.start()
-        wait_for(lambda: len(calls) > 5)
-        grace = 1.0
-        started = time.monotonic()
-        srv.call(srv.server.shutdown(grace=grace))
-        took = time.monotonic() - started
-        caller.join(10)
-        settled = len(calls)
-        time.sleep(0.2)
-    finally:
-        hook.remove()
-        srv.loop.call_soon_threadsafe(srv.loop.stop)
+        try:
+            wait_for(lambda: len(calls) > 5)
+            grace = 1.0
+            started = time.monotonic()
+            srv.call(srv.server.shutdown(grace=grace))
+            took = time.monotonic() - started
+            caller.join(10)
+            settled = len(calls)
+            time.sleep(0.2)
+        finally:
+            srv.loop.call_soon_threadsafe(srv.loop.stop)
     assert took < grace + 0.3, f"shutdown took {took:.2f}s with a grace of {grace}s"
     assert len(calls) - settled <= 1, "the engine kept scoring after shutdown"
     assert settled < 300
@@ -174,9 +161,12 @@ def test_retry_after_on_429_and_503(tiny_scorers):
         srv.close()
     tiny = tiny_scorers["tiny"]
     engine = RecordingEngine(tiny.engine, gated=True)
-    with ThreadedServer(
-        {"tiny": Scorer(tiny.config, engine, tiny.tokenizer)}, max_wait_ms=0, queue_size=1
-    ) as srv, srv.channel() as channel:
+    with (
+        ThreadedServer(
+            {"tiny": Scorer(tiny.config, engine, tiny.tokenizer)}, max_wait_ms=0, queue_size=1
+        ) as srv,
+        srv.channel() as channel,
+    ):
         stub = scorer_pb2_grpc.ScorerStub(channel)
         running = stub.Score.future(wire.build_request([[1, 2, 3]]), timeout=30)
         assert engine.entered.wait(10)
