@@ -12,7 +12,7 @@ Admission counts the work a request will cost (forward tokens, see `ScoringEngin
 forward_tokens`) and requests: past `queue_tokens` / `queue_size` in all, or past a client's
 `client_share` of them, a request is refused at once (back-pressure, not unbounded memory,
 and no single client can take the whole queue). A client with nothing queued always gets
-one request in if the queue has room.
+one request in if the queue has room, and an empty queue takes any request.
 
 A request whose caller gave up (cancelled, deadline passed, disconnected) leaves the queue at
 once, and the engine skips its remaining forward calls, so the next caller does not wait
@@ -175,7 +175,10 @@ class Batcher:
 
     def _admit(self, client: str, work: int) -> None:
         limits, total = self.limits, self._total
-        if total.requests + 1 > limits.requests or total.work + work > limits.work:
+        # An empty queue takes any request the size limits allowed, so that a request larger
+        # than `queue_tokens` is not refused as busy forever.
+        over_work = total.requests and total.work + work > limits.work
+        if total.requests + 1 > limits.requests or over_work:
             raise QueueFull(
                 f"scorer {self.name!r} has {total.requests} requests ({total.work} forward "
                 f"tokens) queued, its limit is {limits.requests} ({limits.work}); back off and retry"

@@ -132,6 +132,30 @@ def test_one_client_cannot_take_the_whole_queue(tiny_scorers):
     assert all("its share is 2" in e.message for e in refused)
 
 
+def test_the_token_queue_refuses_by_work_but_never_an_only_request(tiny_scorers):
+    engine = RecordingEngine(tiny_scorers["tiny"].engine, gated=True)
+    seq = RNG.integers(3, 300, 40)
+    work = engine.forward_tokens([seq.size], engine.window, engine.stride, ALL_OUTPUTS)
+    assert 50 < work <= 100  # one fits the queue's 100 forward tokens, two do not
+    with (
+        serve(tiny_scorers, engine, http=False, max_wait_ms=0, queue_tokens=100) as srv,
+        srv.channel(**OWN_CONNECTION) as first,
+        srv.channel(**OWN_CONNECTION) as second,
+        srv.channel(**OWN_CONNECTION) as third,
+    ):
+        running = scorer_pb2_grpc.ScorerStub(first).Score.future(wire.build_request([seq]))
+        assert engine.entered.wait(10)
+        # The queue is empty: a request of more work than it holds still gets in.
+        big = scorer_pb2_grpc.ScorerStub(second).Score.future(wire.build_request([seq, seq]))
+        wait_for(lambda: srv.metric("tokenweight_queue_depth", scorer="tiny") == 1)
+        with pytest.raises(grpc.RpcError) as info:
+            scorer_pb2_grpc.ScorerStub(third).Score(wire.build_request([seq]), timeout=10)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert f"{2 * work} forward tokens) queued, its limit is 256 (100)" in info.value.details()
+        engine.gate.set()
+        assert len(running.result(10).results) == 1 and len(big.result(10).results) == 2
+
+
 def test_a_stream_is_held_to_its_in_flight_limit(tiny_scorers):
     engine = RecordingEngine(tiny_scorers["tiny"].engine, gated=True)
     with (
