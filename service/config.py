@@ -95,6 +95,21 @@ class ServerConfig:
     # as UNAVAILABLE (HTTP 503), and closing both front ends.
     grace_s: float = 30.0
 
+    def __post_init__(self):
+        # Limits that would refuse everything, or nothing, are mistakes worth a clear error.
+        if not 0 < self.client_share <= 1:
+            raise ConfigError(f"client_share must be in (0, 1], got {self.client_share}")
+        for name in _POSITIVE_LIMITS:
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+_POSITIVE_LIMITS = (
+    "queue_size", "queue_tokens", "stream_inflight", "max_request_tokens", "max_sequences",
+    "max_forward_tokens", "http_header_timeout_s", "http_body_timeout_s", "http_keep_alive_s",
+    "http_max_connections",
+)
+
 
 @dataclass(frozen=True)
 class ServeConfig:

@@ -15,6 +15,7 @@ from conftest import ThreadedServer
 from engine_helpers import RecordingEngine, slow_engine, wait_for
 from tokenweight.client import RetryPolicy, ScorerClient, ScorerError, wire
 from tokenweight.service.chunking import forward_tokens, plan_sequence
+from tokenweight.service.config import ConfigError, ServerConfig
 from tokenweight.service.engine import ALL_OUTPUTS
 from tokenweight.service.scorers import Scorer
 from tokenweight.v1 import scorer_pb2_grpc
@@ -42,6 +43,15 @@ def test_forward_tokens_equal_the_plan(need_long, need_short, short_is_long):
             )
             got = forward_tokens(length, window, stride, need_long, need_short, short_is_long)
             assert got == sum(len(seg) for seg in plan), (length, window, stride)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [{"client_share": 0}, {"client_share": 1.5}, {"queue_tokens": 0}, {"http_body_timeout_s": 0}],
+)
+def test_limits_that_refuse_everything_are_config_errors(setting):
+    with pytest.raises(ConfigError, match=next(iter(setting))):
+        ServerConfig(**setting)
 
 
 def test_work_per_request_is_bounded_and_the_fitting_stride_named(tiny_scorers):
