@@ -47,7 +47,7 @@ def test_kept_alive_connections_have_tcp_nodelay_and_answer_at_once(server):
         connections = server.call(_open_sockets(server))
     assert connections and all(nodelay for nodelay in connections)
     # Without TCP_NODELAY every response after the first waits ~40 ms for a delayed ACK.
-    assert sorted(latencies[1:])[2] < 0.02, latencies
+    assert sorted(latencies[1:])[2] < 0.03, latencies
 
 
 async def _open_sockets(srv):
