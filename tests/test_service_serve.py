@@ -42,6 +42,14 @@ class ServeProcess:
     def channel(self):
         return grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}", options=[("grpc.enable_http_proxy", 0)])
 
+    def wait_until_scoring(self, in_flight, timeout: float = 20):
+        """Until the engine runs its first batch, while `in_flight` is still unanswered."""
+        metrics = f"http://127.0.0.1:{self.http_port}/metrics"
+        deadline = time.monotonic() + timeout
+        while 'tokenweight_engine_batches_total{scorer="main"} 1.0' not in httpx.get(metrics, trust_env=False).text:
+            assert time.monotonic() < deadline and not in_flight.done()
+            time.sleep(0.02)
+
     def kill(self):
         if self.proc.poll() is None:
             self.proc.kill()
@@ -73,10 +81,15 @@ def test_no_model_serves_the_bundled_one():
         server.kill()
 
 
-def test_sigterm_drains_in_flight_request_then_exits_0(tmp_path, tiny_model_dir):
+def serve_tiny(tmp_path, model_dir, *args: str) -> ServeProcess:
+    """`serve` of the tiny model as scorer "main" (window 16, CPU), batches run at once."""
     config = tmp_path / "serve.toml"
-    config.write_text(f'[[scorers]]\nname = "main"\nmodel = "{tiny_model_dir}"\nwindow = 16\ndevice = "cpu"\n')
-    server = ServeProcess("--config", str(config), "--max-wait-ms", "0", "--grace", "30")
+    config.write_text(f'[[scorers]]\nname = "main"\nmodel = "{model_dir}"\nwindow = 16\ndevice = "cpu"\n')
+    return ServeProcess("--config", str(config), "--max-wait-ms", "0", *args)
+
+
+def test_sigterm_drains_in_flight_request_then_exits_0(tmp_path, tiny_model_dir):
+    server = serve_tiny(tmp_path, tiny_model_dir, "--grace", "30")
     try:
         with server.channel() as channel:
             stub = scorer_pb2_grpc.ScorerStub(channel)
@@ -86,11 +99,7 @@ def test_sigterm_drains_in_flight_request_then_exits_0(tmp_path, tiny_model_dir)
             rng = np.random.default_rng(0)
             heavy = [rng.integers(3, 300, 512) for _ in range(16)]
             in_flight = stub.Score.future(wire.build_request(heavy, window=16, stride=1), timeout=60)
-            metrics = f"http://127.0.0.1:{server.http_port}/metrics"
-            deadline = time.monotonic() + 20
-            while 'tokenweight_engine_batches_total{scorer="main"} 1.0' not in httpx.get(metrics, trust_env=False).text:
-                assert time.monotonic() < deadline and not in_flight.done()
-                time.sleep(0.02)
+            server.wait_until_scoring(in_flight)
             server.proc.send_signal(signal.SIGTERM)
 
             deadline = time.monotonic() + 10
@@ -127,20 +136,14 @@ def test_sigterm_keeps_to_the_grace_in_all(tmp_path, tiny_model_dir):
     """About 40 s of engine work in flight and --grace 2: the server stops within the grace,
     the cut-off request gets UNAVAILABLE, and the process does not wait for the engine to
     finish the batch before it exits."""
-    config = tmp_path / "serve.toml"
-    config.write_text(f'[[scorers]]\nname = "main"\nmodel = "{tiny_model_dir}"\nwindow = 16\ndevice = "cpu"\n')
-    server = ServeProcess("--config", str(config), "--max-wait-ms", "0", "--grace", "2")
+    server = serve_tiny(tmp_path, tiny_model_dir, "--grace", "2")
     try:
         with server.channel() as channel:
             stub = scorer_pb2_grpc.ScorerStub(channel)
             rng = np.random.default_rng(1)
             heavy = [rng.integers(3, 300, 512) for _ in range(320)]
             in_flight = stub.Score.future(wire.build_request(heavy, window=16, stride=1), timeout=120)
-            metrics = f"http://127.0.0.1:{server.http_port}/metrics"
-            deadline = time.monotonic() + 20
-            while 'tokenweight_engine_batches_total{scorer="main"} 1.0' not in httpx.get(metrics, trust_env=False).text:
-                assert time.monotonic() < deadline and not in_flight.done()
-                time.sleep(0.02)
+            server.wait_until_scoring(in_flight)
             signalled = time.monotonic()
             server.proc.send_signal(signal.SIGTERM)
             with pytest.raises(grpc.RpcError) as info:
