@@ -3,7 +3,7 @@ random-weight Llama shapes and synthetic prepared shards, plain and with each sp
 
     python3 -m bench.trainer_bench --out $OUT/trainer_h200.json          # everything, ~7 min
     python3 -m bench.trainer_bench --parts small --seq-lens 4096          # a subset
-    python3 -m bench.trainer_bench --cpu-smoke --out /tmp/smoke.json      # tiny, CPU, < 1 min
+    python3 -m bench.trainer_bench --cpu-smoke --out /tmp/smoke.json      # tiny, CPU
 
 Parts:
   small  the ~30M block model (d512, 8 layers, vocab 8192, tied) at each --seq-lens, uniform
