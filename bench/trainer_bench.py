@@ -25,6 +25,7 @@ run. Each row times the steps after --warmup-steps (compilation and allocator wa
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -92,14 +93,12 @@ def small_cases(shape: str, seq_len: int, options: list[str]) -> list[Case]:
     return cases
 
 
-def big_cases(shape: str, scorer: str, seq_len: int) -> list[Case]:
+def big_cases(shape: str, scorer: str, seq_len: int, batch_sizes: list[int]) -> list[Case]:
     fast = ("--fused-optimizer", "--compile-blocks", "--compile-loss", "--loss-chunk-size", "8192")
     common = dict(shape=shape, seq_len=seq_len, weighting="hybrid", parallel="fsdp",
                   scorer_shape=scorer)
-    return [
-        Case("plain", batch_size=1, **common),
-        Case("fast", batch_size=1, flags=fast, **common),
-        Case("fast-batch2", batch_size=2, flags=fast, **common),
+    return [Case("plain", batch_size=1, **common)] + [
+        Case(f"fast-batch{b}", batch_size=b, flags=fast, **common) for b in batch_sizes
     ]
 
 
@@ -127,13 +126,33 @@ def trainer_command(case: Case, model: Path, data: Path, out: Path, plan: Plan, 
                   "--window", str(case.seq_len // 4)]
 
 
+def train_until_measured(command: list[str], metrics: Path, steps: int) -> None:
+    """Run the trainer until its metrics hold `steps` steps, then stop it: its final
+    checkpoint and model export (20 GB at the 1B shape) are not part of what is measured."""
+    proc = subprocess.Popen(command, env=child_env(OMP_NUM_THREADS="4"))
+    try:
+        while proc.poll() is None and _lines(metrics) < steps:
+            time.sleep(0.5)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait(120)
+    if _lines(metrics) < steps:
+        raise RuntimeError(f"trainer exited with {proc.returncode} after {_lines(metrics)} steps")
+
+
+def _lines(path: Path) -> int:
+    return path.read_text().count("\n") if path.exists() else 0
+
+
 def run_case(case: Case, plan: Plan, tmp: Path, models: dict, data: Path, url: str | None,
              ceiling: float | None) -> dict:
     out = tmp / "runs" / f"{case.shape}-{case.seq_len}-{case.weighting}-{case.name}"
     started = time.perf_counter()
-    subprocess.run(trainer_command(case, models[case.shape], data, out, plan, url), check=True,
-                   env=child_env(OMP_NUM_THREADS="4"))
+    train_until_measured(trainer_command(case, models[case.shape], data, out, plan, url),
+                         out / "metrics.jsonl", plan.steps)
     records = read_metrics(out / "metrics.jsonl")
+    shutil.rmtree(out)  # the next runs need the disk
     summary = steady_summary(records, warmup=plan.warmup)
     tflops = step_flops(case) / summary["mean_step_time_s"]
     return dict(
@@ -160,7 +179,7 @@ def build_plan(args) -> Plan:
         for seq_len in args.seq_lens:
             plan.cases += small_cases("30m", seq_len, args.options)
     if "big" in args.parts:
-        plan.cases += big_cases("llama-3.2-1b", "small", args.big_seq_len)
+        plan.cases += big_cases("llama-3.2-1b", "small", args.big_seq_len, args.big_batch_sizes)
     return plan
 
 
@@ -169,9 +188,13 @@ def main(argv: list[str] | None = None):
     parser.add_argument("--out", default=str(Path(os.environ.get("OUT", ".")) / "trainer_h200.json"))
     parser.add_argument("--parts", nargs="+", choices=("small", "big"), default=["small", "big"])
     parser.add_argument("--seq-lens", nargs="+", type=int, default=[512, 4096])
-    parser.add_argument("--options", nargs="*", choices=list(OPTIONS), default=list(OPTIONS),
+    # compile-loss alone is left out by default (it is in "all"): each compile costs start-up time.
+    parser.add_argument("--options", nargs="*", choices=list(OPTIONS),
+                        default=[o for o in OPTIONS if o != "compile-loss"],
                         help="small model: speed options measured one at a time")
     parser.add_argument("--big-seq-len", type=int, default=8192)
+    parser.add_argument("--big-batch-sizes", nargs="+", type=int, default=[1],
+                        help="1B shape: micro-batch sizes of the fast rows (plain: 1)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup-steps", type=int, default=8)
     parser.add_argument("--device", default="cuda")
@@ -199,10 +222,20 @@ def main(argv: list[str] | None = None):
     for case in plan.cases:
         groups.setdefault((case.seq_len, case.scorer_shape, shape_config(case.shape).vocab_size),
                           []).append(case)
-    for (seq_len, scorer_shape, vocab), cases in groups.items():
+    try:
+        measure_groups(groups, plan, tmp, models, ceiling, header, rows, Path(args.out))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"wrote {args.out}")
+    return rows
+
+
+def measure_groups(groups, plan, tmp, models, ceiling, header, rows, out: Path) -> None:
+    """Each group's dataset, its scorer (hybrid) and its cases, the rows written as they come."""
+    for i, ((seq_len, scorer_shape, vocab), cases) in enumerate(groups.items()):
         scorer_vocab = shape_config(scorer_shape).vocab_size if scorer_shape else vocab
         rows_needed = plan.steps * max(c.batch_size for c in cases) + 1
-        data = write_tokens(tmp / f"data-{seq_len}-{vocab}", seq_len, rows_needed,
+        data = write_tokens(tmp / f"data-{i}", seq_len, rows_needed,
                             vocab=min(vocab, scorer_vocab))
         server, url = (None, None)
         if scorer_shape:
@@ -211,13 +244,11 @@ def main(argv: list[str] | None = None):
             for case in cases:
                 rows.append(run_case(case, plan, tmp, models, data, url, ceiling))
                 print(json.dumps({k: v for k, v in rows[-1].items() if k != "losses"}), flush=True)
-                Path(args.out).write_text(json.dumps(dict(header, rows=rows), indent=2) + "\n")
+                out.write_text(json.dumps(dict(header, rows=rows), indent=2) + "\n")
         finally:
             if server:
                 server.terminate()
                 server.wait(60)
-    print(f"wrote {args.out}")
-    return rows
 
 
 if __name__ == "__main__":
