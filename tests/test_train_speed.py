@@ -15,10 +15,10 @@ from tokenweight.trainer.model import (
 VOCAB, SEQ = 96, 40
 
 
-def tiny_lm() -> LlamaForCausalLM:
+def tiny_lm(layers: int = 2) -> LlamaForCausalLM:
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
         tie_word_embeddings=True,
     )
@@ -77,17 +77,30 @@ def test_compiled_and_rechunked_loss_give_the_plain_loss_and_gradients():
     assert_same(reference, loss_and_grads(tiny_lm(), chunk_size=16, compiled_loss=True))
 
 
-def test_compiled_blocks_keep_attention_out_of_the_graphs():
+def compiled_graphs(layers: int) -> list:
+    """The graphs compile_blocks hands the compiler over two training steps."""
     graphs = []
 
     def record(gm, example_inputs):
         graphs.append(gm)
         return gm.forward
 
-    lm = tiny_lm()
+    torch._dynamo.reset()
+    lm = tiny_lm(layers)
     compile_blocks(lm, backend=record)
     tokens, _, _ = batch()
-    HiddenStates(lm)(tokens)
+    for _ in range(2):
+        HiddenStates(lm)(tokens).sum().backward()
+    return graphs
+
+
+def test_compiled_blocks_compile_once_for_all_layers():
+    # Per-layer graphs would pass dynamo's recompile limit (8) and silently run deep models eager.
+    assert len(compiled_graphs(12)) == len(compiled_graphs(2))
+
+
+def test_compiled_blocks_keep_attention_out_of_the_graphs():
+    graphs = compiled_graphs(2)
     assert graphs, "no layer was compiled"
     targets = [str(node.target) for gm in graphs for node in gm.graph.nodes]
     assert not [t for t in targets if "scaled_dot_product" in t]
