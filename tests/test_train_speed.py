@@ -35,12 +35,12 @@ def batch():
     return tokens, weights, mask
 
 
-def loss_and_grads(lm, *, chunk_size=2048, compiled_loss=False):
+def loss_and_grads(lm, *, chunk_size=2048, compiled_loss=False, recompute=True):
     tokens, weights, mask = batch()
     hidden = HiddenStates(lm)(tokens[:, :-1])
     token_ce, real = token_cross_entropy(
         hidden, lm.get_output_embeddings(), tokens[:, 1:], mask=mask,
-        chunk_size=chunk_size, compiled=compiled_loss,
+        chunk_size=chunk_size, compiled=compiled_loss, recompute=recompute,
     )
     result = weighted_mean(token_ce, real, weights)
     result.loss.backward()
@@ -75,6 +75,10 @@ def test_compiled_and_rechunked_loss_give_the_plain_loss_and_gradients():
     reference = loss_and_grads(tiny_lm())
     assert_same(reference, loss_and_grads(tiny_lm(), chunk_size=7))
     assert_same(reference, loss_and_grads(tiny_lm(), chunk_size=16, compiled_loss=True))
+    assert_same(reference, loss_and_grads(tiny_lm(), chunk_size=16, recompute=False))
+    assert_same(
+        reference, loss_and_grads(tiny_lm(), chunk_size=16, compiled_loss=True, recompute=False)
+    )
 
 
 def compiled_graphs(layers: int) -> list:

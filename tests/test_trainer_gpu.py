@@ -14,7 +14,8 @@ from tokenweight.trainer.model import HiddenStates, apply_activation_checkpointi
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 VOCAB, SEQ = 2048, 1024
-SPEED_FLAGS = ("--compile-blocks", "--compile-loss", "--fused-optimizer", "--loss-chunk-size", "300")
+SPEED_FLAGS = ("--compile-blocks", "--compile-loss", "--fused-optimizer", "--loss-chunk-size", "300",
+               "--no-loss-recompute", "--no-activation-checkpointing")
 
 
 def small_lm():
@@ -42,7 +43,7 @@ def loss_and_grads(fast: bool):
         hidden = HiddenStates(lm)(tokens[:, :-1])
         token_ce, real = token_cross_entropy(
             hidden, lm.get_output_embeddings(), tokens[:, 1:],
-            chunk_size=300 if fast else 2048, compiled=fast,
+            chunk_size=300 if fast else 2048, compiled=fast, recompute=not fast,
         )
         loss = weighted_mean(token_ce, real, weights).loss
     loss.backward()

@@ -37,6 +37,7 @@ class TrainConfig:
     compile_loss: bool = False  # torch.compile the LM-head chunk's cross-entropy
     fused_optimizer: bool = False  # AdamW(fused=True): one kernel for all parameters
     loss_chunk_size: int = DEFAULT_CHUNK_SIZE  # tokens per LM-head + cross-entropy chunk
+    loss_recompute: bool = True  # recompute each chunk's logits in the backward (not kept)
     rope_theta: float | None = None
     score_source: str | None = None
     scorer_url: str | None = None
@@ -125,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_CHUNK_SIZE,
         help=f"tokens per LM-head + cross-entropy chunk (default {DEFAULT_CHUNK_SIZE})",
+    )
+    g.add_argument(
+        "--loss-recompute",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="recompute each chunk's logits in the backward; --no-loss-recompute keeps them (faster where tokens x vocab fp32 logits fit; default: on)",
     )
 
     g = p.add_argument_group("optimisation")

@@ -147,6 +147,7 @@ def train(cfg: TrainConfig, d: Dist) -> None:
                             targets,
                             chunk_size=cfg.loss_chunk_size,
                             compiled=cfg.compile_loss,
+                            recompute=cfg.loss_recompute,
                         )
                         weights = loss_long = loss_short = None
                         if cfg.needs_scores:
