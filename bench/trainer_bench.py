@@ -1,7 +1,7 @@
 """The trainer's own speed on one GPU: `python -m tokenweight.trainer` (torchrun, one rank) on
 random-weight Llama shapes and synthetic prepared shards, plain and with each speed option.
 
-    python3 -m bench.trainer_bench --out $OUT/trainer_h200.json          # everything, ~7 min
+    python3 -m bench.trainer_bench --out $OUT/trainer_h200.json          # everything, 7-9 min
     python3 -m bench.trainer_bench --parts small --seq-lens 4096          # a subset
     python3 -m bench.trainer_bench --cpu-smoke --out /tmp/smoke.json      # tiny, CPU
 
@@ -30,8 +30,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from bench.common import (
     SHAPES,
@@ -213,6 +215,8 @@ def main(argv: list[str] | None = None):
     longest = max(c.seq_len for c in plan.cases)
     shapes = {c.shape for c in plan.cases} | {c.scorer_shape for c in plan.cases if c.scorer_shape}
     models = {s: save_llama(s, tmp / s, longest, device=plan.device) for s in sorted(shapes)}
+    if on_gpu:
+        torch.cuda.empty_cache()  # the GPU is the trainers' and scorers' from here on
     header = dict(command="python3 -m bench.trainer_bench " + " ".join(argv or sys.argv[1:]),
                   bf16_matmul_ceiling_tflops=ceiling / 1e12 if ceiling else None,
                   flops="3 x forward_flops per sequence (bench/common.py): causal attention halved,"
