@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from bench.common import save_llama, write_tokens
 from tokenweight.trainer.loss import token_cross_entropy, weighted_mean
 from tokenweight.trainer.metrics_log import read_metrics
 from tokenweight.trainer.model import HiddenStates, apply_activation_checkpointing, compile_blocks
@@ -14,8 +15,7 @@ from tokenweight.trainer.model import HiddenStates, apply_activation_checkpointi
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 VOCAB, SEQ = 2048, 1024
-SPEED_FLAGS = ("--compile-blocks", "--compile-loss", "--fused-optimizer", "--loss-chunk-size", "300",
-               "--no-loss-recompute", "--no-activation-checkpointing")
+SPEED_FLAGS = ("--compile-blocks", "--compile-loss", "--fused-optimizer", "--loss-chunk-size", "300")
 
 
 def small_lm():
@@ -60,13 +60,15 @@ def test_compiled_blocks_and_loss_match_the_plain_path_in_bf16():
         assert error < 0.03, f"{name}: relative gradient error {error:.4f}"
 
 
-def test_trainer_with_every_speed_option_follows_the_plain_losses(tmp_path):
-    from bench.common import save_llama, write_tokens
-
+@pytest.mark.parametrize("more_flags", [
+    (),  # as the 1B benchmark: compiled blocks inside activation checkpointing, under FSDP
+    ("--no-loss-recompute", "--no-activation-checkpointing"),
+])
+def test_trainer_with_the_speed_options_follows_the_plain_losses(tmp_path, more_flags):
     model = save_llama("tiny", tmp_path / "model", SEQ)
-    data = write_tokens(tmp_path / "data", 256, 16)
+    data = write_tokens(tmp_path / "data", 256, 17)
     losses = {}
-    for name, flags in (("plain", ()), ("fast", SPEED_FLAGS)):
+    for name, flags in (("plain", ()), ("fast", SPEED_FLAGS + more_flags)):
         out = tmp_path / name
         subprocess.run(
             [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
