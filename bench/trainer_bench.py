@@ -1,13 +1,15 @@
 """The trainer's own speed on one GPU: `python -m tokenweight.trainer` (torchrun, one rank) on
 random-weight Llama shapes and synthetic prepared shards, plain and with each speed option.
 
-    python3 -m bench.trainer_bench --out $OUT/trainer_h200.json          # everything, 7-9 min
+    python3 -m bench.trainer_bench --out $OUT/trainer_h200.json          # everything (est. 7-9 min)
+    python3 -m bench.trainer_bench --parts small --out $OUT/trainer_h200_small.json
     python3 -m bench.trainer_bench --parts small --seq-lens 4096          # a subset
     python3 -m bench.trainer_bench --cpu-smoke --out /tmp/smoke.json      # tiny, CPU
 
 Parts:
   small  the ~30M block model (d512, 8 layers, vocab 8192, tied) at each --seq-lens, uniform
-         weighting plain and with each option alone and all together, and hybrid weighting
+         weighting plain (the trainer's defaults, 8 sequences), as the quality pipeline runs it,
+         with each option alone and all together, and hybrid weighting
          (logp_short from a `tokenweight serve` of the same shape on the same GPU) plain and all.
   big    the Llama-3.2-1B shape at 8k: FSDP2 on one rank, bf16 autocast, activation
          checkpointing, the chunked weighted loss, hybrid scores from a small scorer served on
@@ -60,6 +62,9 @@ OPTIONS = {
 }
 # Tokens per micro-batch of the small model's "big-batch" and "all" rows.
 BIG_BATCH_TOKENS = 65536
+# The quality pipeline's own settings (docs/RESULTS.md commands): micro-batch per seq_len, no
+# activation checkpointing. Its row is the ~38 TFLOP/s that the options are to improve on.
+QUALITY_PIPELINE_BATCH = {512: 64, 4096: 16}
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,9 @@ def small_cases(shape: str, seq_len: int, options: list[str]) -> list[Case]:
     big = max(BIG_BATCH_TOKENS // seq_len, plain_batch)
     every = tuple(f for o in OPTIONS.values() for f in o)
     cases = [Case("plain", shape, seq_len, plain_batch, "uniform")]
+    if seq_len in QUALITY_PIPELINE_BATCH:
+        cases.append(Case("quality-pipeline", shape, seq_len, QUALITY_PIPELINE_BATCH[seq_len],
+                          "uniform", OPTIONS["no-act-ckpt"]))
     for option in options:
         batch = big if option == "big-batch" else plain_batch
         cases.append(Case(option, shape, seq_len, batch, "uniform", OPTIONS[option]))
