@@ -8,6 +8,7 @@ fails in a second instead of after the model has loaded on every rank.
 import argparse
 from dataclasses import asdict, dataclass, fields
 
+from .loss import DEFAULT_CHUNK_SIZE
 from .weighting import PRESETS, WeightingConfig
 
 SCORE_SOURCES = ("service", "hybrid", "self", "precomputed")
@@ -32,6 +33,11 @@ class TrainConfig:
     device: str = "auto"
     parallel: str = "ddp"
     activation_checkpointing: bool = True
+    compile_blocks: bool = False  # torch.compile each decoder layer, attention left eager
+    compile_loss: bool = False  # torch.compile the LM-head chunk's cross-entropy
+    fused_optimizer: bool = False  # AdamW(fused=True): one kernel for all parameters
+    loss_chunk_size: int = DEFAULT_CHUNK_SIZE  # tokens per LM-head + cross-entropy chunk
+    loss_recompute: bool = True  # recompute each chunk's logits in the backward (not kept)
     rope_theta: float | None = None
     score_source: str | None = None
     scorer_url: str | None = None
@@ -99,6 +105,33 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="recompute each decoder layer in the backward (default: on)",
+    )
+
+    g = p.add_argument_group("speed")
+    g.add_argument(
+        "--compile-blocks",
+        action="store_true",
+        help="torch.compile each decoder layer (norms, RoPE, MLP, residuals fused); attention stays eager SDPA",
+    )
+    g.add_argument(
+        "--compile-loss",
+        action="store_true",
+        help="torch.compile the LM head's chunked cross-entropy",
+    )
+    g.add_argument(
+        "--fused-optimizer", action="store_true", help="fused AdamW (one kernel per step)"
+    )
+    g.add_argument(
+        "--loss-chunk-size",
+        type=int,
+        default=DEFAULT_CHUNK_SIZE,
+        help=f"tokens per LM-head + cross-entropy chunk (default {DEFAULT_CHUNK_SIZE})",
+    )
+    g.add_argument(
+        "--loss-recompute",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="recompute each chunk's logits in the backward; --no-loss-recompute keeps them (faster where tokens x vocab fp32 logits fit; default: on)",
     )
 
     g = p.add_argument_group("optimisation")
@@ -249,7 +282,7 @@ def _score_source(ns, parser) -> str | None:
 
 
 def check(c: TrainConfig) -> None:
-    for name in ("batch_size", "grad_accum", "max_steps", "prefetch_depth"):
+    for name in ("batch_size", "grad_accum", "max_steps", "prefetch_depth", "loss_chunk_size"):
         if getattr(c, name) < 1:
             raise ValueError(
                 f"--{name.replace('_', '-')} must be at least 1, got {getattr(c, name)}"

@@ -28,7 +28,7 @@ from . import metrics_log as m
 from .args import TrainConfig, parse_args
 from .data import Batch, RankBatches, TokenShards, batch_token_hash
 from .loss import token_cross_entropy, weighted_mean
-from .model import HiddenStates, apply_activation_checkpointing, load_model
+from .model import HiddenStates, apply_activation_checkpointing, compile_blocks, load_model
 from .parallel import Dist, all_reduce, gradient_sync, init_distributed, parallelize, unshard_root
 from .scores import BatchScores, make_source, self_logp_short, self_window
 from .weighting import compute_weights
@@ -63,11 +63,18 @@ def train(cfg: TrainConfig, d: Dist) -> None:
     # Model: fp32 master weights; context extended before the weights are placed.
     lm = load_model(cfg.model, cfg.seq_len or shards.seq_len, cfg.rope_theta)
     _check_vocab(shards, lm)
+    if cfg.compile_blocks:
+        compile_blocks(lm)
     if cfg.activation_checkpointing:
         apply_activation_checkpointing(lm)
     model = parallelize(HiddenStates(lm), cfg.parallel, d)
     head = lm.get_output_embeddings()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        fused=True if cfg.fused_optimizer else None,
+    )
     scheduler = LambdaLR(optimizer, _lr_factor(cfg))
     weighting = cfg.weighting_config()
     # Sparsification breaks ties at random; one generator per rank, carried across steps
@@ -134,7 +141,14 @@ def train(cfg: TrainConfig, d: Dist) -> None:
                         hidden = model(tokens[:, :-1])
                         # Per-token CE first: in `hybrid`/`self` it is loss_long itself, so
                         # the weights come from the same LM-head pass the loss backpropagates.
-                        token_ce, real = token_cross_entropy(hidden, head, targets)
+                        token_ce, real = token_cross_entropy(
+                            hidden,
+                            head,
+                            targets,
+                            chunk_size=cfg.loss_chunk_size,
+                            compiled=cfg.compile_loss,
+                            recompute=cfg.loss_recompute,
+                        )
                         weights = loss_long = loss_short = None
                         if cfg.needs_scores:
                             loss_long, loss_short = own.losses(scores, token_ce.detach(), tokens)
@@ -173,6 +187,9 @@ def train(cfg: TrainConfig, d: Dist) -> None:
                     "step_time_s": step_time,
                 }
             )
+            if d.device.type == "cuda":
+                # The allocator's own counter: no device sync.
+                record[m.PEAK_MEM_GIB] = torch.cuda.max_memory_allocated(d.device) / 2**30
             if metrics:
                 metrics.log(record)
             bar.update(1)
