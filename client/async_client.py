@@ -9,9 +9,9 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 import grpc
 import grpc.aio
 
+from tokenweight import wire
 from tokenweight.v1 import scorer_pb2
 
-from . import wire
 from .channels import ChannelClient
 from .errors import ScorerError
 from .pipeline import Pipeline

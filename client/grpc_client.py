@@ -6,9 +6,9 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import grpc
 
+from tokenweight import wire
 from tokenweight.v1 import scorer_pb2
 
-from . import wire
 from .channels import ChannelClient
 from .errors import ScorerError
 from .pipeline import Pipeline

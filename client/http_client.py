@@ -15,7 +15,8 @@ import httpx
 import msgpack
 import numpy as np
 
-from . import wire
+from tokenweight import wire
+
 from .errors import ScorerError
 from .retry import RetryPolicy, RetryState
 from .scorer_info import ScorerInfo
