@@ -70,6 +70,39 @@ class RequestMetrics:
             self.metrics.http_latency.labels(path).observe(time.perf_counter() - start)
 
 
+class UnexpectedErrors:
+    """A bug, not a bad request: the caller gets a JSON 500 like every other error, the log
+    gets the traceback.
+
+    An ASGI middleware inside Starlette's own error middleware rather than an exception
+    handler for `Exception`: that handler runs in the outermost middleware, which re-raises
+    afterwards, so the server drops the connection and a keep-alive client's next request
+    on it fails.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def send_watched(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_watched)
+        except Exception as exc:
+            log.error("%s %s failed", scope["method"], scope["path"], exc_info=exc)
+            if started:  # too late for another status; the server closes the connection
+                raise
+            message = f"internal error: {type(exc).__name__}: {exc}"
+            await error_response(500, message)(scope, receive, send)
+
+
 def _validation_message(exc) -> str:
     parts = []
     for err in exc.errors():
@@ -96,13 +129,6 @@ async def _validation_error(request, exc):
     return error_response(422, _validation_message(exc))
 
 
-async def _unexpected_error(request, exc: Exception):
-    # A bug, not a bad request: the caller gets a JSON 500 like every other error, the log
-    # gets the traceback.
-    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-    return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
-
-
 def create_app(service: ScoringService, config: ServerConfig, metrics: Metrics) -> FastAPI:
     app = FastAPI(
         title="tokenweight scorer",
@@ -115,11 +141,11 @@ def create_app(service: ScoringService, config: ServerConfig, metrics: Metrics) 
     # Tokenizers are not safe to share between threads; one thread keeps the loop free.
     app.state.tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="tokenweight-tokenizer")
     app.include_router(router)
+    app.add_middleware(UnexpectedErrors)
     app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(ClientGone, _client_gone)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ValidationError, _validation_error)
-    app.add_exception_handler(Exception, _unexpected_error)
     return app
