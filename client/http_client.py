@@ -1,4 +1,4 @@
-"""`HttpScorerClient`: the HTTP API (DESIGN §4) for ad-hoc use, in JSON or msgpack.
+"""`HttpScorerClient`: the HTTP API (docs/DESIGN.md §4) for ad-hoc use, in JSON or msgpack.
 
 The gRPC clients are the ones for training traffic; this one also scores raw text, which the
 server tokenizes with the scorer's own tokenizer.

@@ -1,4 +1,4 @@
-"""The chunk plan of DESIGN §1: which forward passes score which targets.
+"""The chunk plan of docs/DESIGN.md §1.1: which forward passes score which targets.
 
 Every pass is an independent forward from position 0, so one plan serves any causal LM
 (rotary or learned absolute positions alike). A `Segment` is one such pass: the tokens it

@@ -1,4 +1,4 @@
-"""The HTTP front end (docs/DESIGN.md, "HTTP API"): FastAPI over the same scoring core as gRPC.
+"""The HTTP front end (docs/DESIGN.md §4): FastAPI over the same scoring core as gRPC.
 
 JSON or msgpack by Content-Type / Accept; errors are always JSON `{"error": "..."}`, an
 unexpected failure included (a 500 whose traceback goes to the log). The routes are in

@@ -1,4 +1,4 @@
-"""Typed request and response bodies of the HTTP API (DESIGN §4), shared by JSON and msgpack."""
+"""Typed request and response bodies of the HTTP API (docs/DESIGN.md §4), shared by JSON and msgpack."""
 
 from typing import Literal
 

@@ -1,4 +1,4 @@
-"""The routes of the HTTP API (docs/DESIGN.md, "HTTP API"), as one `APIRouter`.
+"""The routes of the HTTP API (docs/DESIGN.md §4), as one `APIRouter`.
 
 Everything a route needs lives on `request.app.state` (set by `http_app.create_app`): the
 scoring `service`, the server `config`, the `metrics`, the bearer `token` (or None), the

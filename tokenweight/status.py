@@ -2,7 +2,7 @@
 
 The server answers a failure with `HTTP_STATUS[code]`; the HTTP client reads any status back
 into a gRPC code with `grpc_code`, so callers see one error vocabulary whichever protocol
-carried the call (docs/DESIGN.md, "Errors").
+carried the call (docs/DESIGN.md §3, the errors table).
 """
 
 import grpc

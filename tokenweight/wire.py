@@ -1,4 +1,4 @@
-"""The wire format of DESIGN §3, in one place for the client and the server.
+"""The wire format of docs/DESIGN.md §3, in one place for the client and the server.
 
 Token ids travel as little-endian int32 bytes, per-token arrays as little-endian float32
 bytes. Everything here needs only numpy, grpc's status codes and the generated protobuf

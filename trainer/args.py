@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="precomputed: take logp_long from the training forward instead of the store (hybrid without a live scorer)",
     )
     g.add_argument(
-        "--weighting", choices=PRESETS, default="dense", help="postprocessing preset (DESIGN §1)"
+        "--weighting", choices=PRESETS, default="dense", help="postprocessing preset (docs/DESIGN.md §1.2)"
     )
     g.add_argument("--lam", type=float, help="dense: interpolation lambda (default 0.75)")
     g.add_argument("--kappa", type=float, help="sparse/ppmi/npmi: kept fraction (default 0.2)")

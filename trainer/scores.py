@@ -1,4 +1,4 @@
-"""Score sources: where each micro-batch's `logp_long` and `logp_short` come from (DESIGN §1).
+"""Score sources: where each micro-batch's `logp_long` and `logp_short` come from (docs/DESIGN.md §1.3).
 
 | source        | logp_short                         | logp_long                    |
 |---------------|------------------------------------|------------------------------|

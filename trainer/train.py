@@ -2,7 +2,7 @@
 
 Read top to bottom: set up data, model, parallelism, optimizer and scores; resume if asked;
 then each step takes `grad_accum` micro-batches, weights every target token by how much it
-needs long context (DESIGN §1), and optimizes the weighted cross-entropy.
+needs long context (docs/DESIGN.md §1), and optimizes the weighted cross-entropy.
 """
 
 import contextlib

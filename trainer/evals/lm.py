@@ -1,7 +1,7 @@
 """The model under evaluation and the judge, both through the project's scoring engine.
 
 The engine gives per-token log-probs without materialising `[tokens x vocab]` logits, and the
-judge's contrast uses exactly the chunk plan the trainer's weights come from (DESIGN §1).
+judge's contrast uses exactly the chunk plan the trainer's weights come from (docs/DESIGN.md §1.1).
 """
 
 import dataclasses
