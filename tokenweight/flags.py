@@ -15,14 +15,22 @@ import typing
 _HELP, _GROUP, _OPTIONS = "flag_help", "flag_group", "flag_options"
 
 
-def flag(default=dataclasses.MISSING, help: str = "", *, group: str | None = None, **options):
-    """A dataclass field that is also a flag. No default makes the flag required.
+def flag(
+    default=dataclasses.MISSING,
+    help: str = "",
+    *,
+    group: str | None = None,
+    repr: bool = True,
+    **options,
+):
+    """A dataclass field that is also a flag. No default makes the flag required; `repr=False`
+    keeps a secret out of the dataclass's repr.
 
     `options` go to `add_argument` as they are (choices, metavar, dest, action, type, and
     `flag="--other-name"` for a spelling other than `--field-name`).
     """
     metadata = {_HELP: help, _GROUP: group, _OPTIONS: options}
-    return dataclasses.field(default=default, metadata=metadata)
+    return dataclasses.field(default=default, repr=repr, metadata=metadata)
 
 
 def flag_fields(cls) -> list[dataclasses.Field]:
@@ -52,7 +60,6 @@ def add_flags(
         name = options.pop("flag", "--" + f.name.replace("_", "-"))
         options.setdefault("dest", f.name)
         options["help"] = _help(f)
-        required = f.default is dataclasses.MISSING
         kind = _base_type(hints[f.name])
         if kind is bool and "action" not in options:
             options["action"] = (
@@ -60,18 +67,20 @@ def add_flags(
             )
         elif kind in (int, float) and "action" not in options:
             options.setdefault("type", kind)
-        if required:
+        if unset_is_none:
+            options["default"] = None
+        elif f.default is dataclasses.MISSING:
             options["required"] = True
         else:
-            options["default"] = None if unset_is_none else f.default
+            options["default"] = f.default
         target.add_argument(name, **options)
 
 
 def _help(f: dataclasses.Field) -> str:
     text = f.metadata[_HELP]
-    if "default" in text or f.default in (dataclasses.MISSING, None, "", False):
+    if "default" in text or any(f.default is unset for unset in (dataclasses.MISSING, None, False)):
         return text
-    return f"{text} (default: {'on' if f.default is True else f.default})"
+    return f"{text} (default: {'on' if f.default is True else repr(f.default)})"
 
 
 def _base_type(hint):
