@@ -14,7 +14,7 @@ from tokenweight.trainer.evals.identifiers import long_range_repeats
 from tokenweight.trainer.evals.repeat_contrast import repeat_contrast
 from tokenweight.trainer.prepare import load_tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_bundled_model_is_small_and_long_context():

@@ -2,7 +2,7 @@
 
 The servicer fakes scores (a function of the token ids) and fails on purpose, so these tests
 are about the client: retries and backoff, failover, pipelining, errors, auth and TLS. The
-end-to-end test against `tokenweight serve` is tests/test_client_e2e.py.
+end-to-end test against `tokenweight serve` is tests/e2e/test_client_e2e.py.
 """
 
 import asyncio
@@ -17,13 +17,13 @@ import grpc
 import numpy as np
 import pytest
 
+from tokenweight import wire
 from tokenweight.client import (
     AsyncScorerClient,
     RetryPolicy,
     ScorerClient,
     ScorerError,
     ScorerInfo,
-    wire,
 )
 from tokenweight.v1 import scorer_pb2, scorer_pb2_grpc
 

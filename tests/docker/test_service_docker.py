@@ -9,7 +9,7 @@ import pytest
 
 from tokenweight.service.config import load_config
 
-DOCKER = Path(__file__).resolve().parents[1] / "docker"
+DOCKER = Path(__file__).resolve().parents[2] / "docker"
 
 
 @pytest.fixture(scope="module")
