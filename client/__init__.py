@@ -14,7 +14,6 @@ from .grpc_client import ScorerClient
 from .http_client import HttpScorerClient, HttpTokenScores
 from .prefetch import BatchScoringError, Prefetcher, PrefetchStats
 from .retry import NO_RETRY, RetryEvent, RetryPolicy
-from .scorer_info import ScorerInfo
 from .urls import Endpoint, parse_url, parse_urls
 
 __all__ = [
@@ -30,7 +29,6 @@ __all__ = [
     "RetryPolicy",
     "ScorerClient",
     "ScorerError",
-    "ScorerInfo",
     "parse_url",
     "parse_urls",
 ]

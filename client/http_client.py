@@ -19,7 +19,6 @@ from tokenweight import wire
 
 from .errors import ScorerError
 from .retry import RetryPolicy, RetryState
-from .scorer_info import ScorerInfo
 from .urls import parse_url
 
 MEDIA_TYPES = {"json": "application/json", "msgpack": "application/msgpack"}
@@ -105,9 +104,9 @@ class HttpScorerClient:
             results=[_token_scores(item) for item in data["results"]],
         )
 
-    def list_scorers(self, timeout: float | None = None) -> list[ScorerInfo]:
+    def list_scorers(self, timeout: float | None = None) -> list[wire.ScorerInfo]:
         data = self._request("GET", "/v1/scorers", None, timeout)
-        return [ScorerInfo.from_dict(info) for info in data["scorers"]]
+        return [wire.ScorerInfo.from_dict(info) for info in data["scorers"]]
 
     def _request(self, method: str, path: str, body: dict | None, timeout: float | None) -> dict:
         content, headers = None, {}

@@ -95,9 +95,8 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             infos = self._service.info()
         except ServiceError as exc:
             await context.abort(grpc.StatusCode[exc.status], exc.message)
-        fields = scorer_pb2.ScorerInfo.DESCRIPTOR.fields_by_name
         return scorer_pb2.ListScorersResponse(
-            scorers=[scorer_pb2.ScorerInfo(**{k: v for k, v in info.items() if k in fields}) for info in infos],
+            scorers=[info.to_message() for info in infos],
             default_scorer=self._service.default_scorer,
         )
 

@@ -23,7 +23,6 @@ from tokenweight.client import (
     RetryPolicy,
     ScorerClient,
     ScorerError,
-    ScorerInfo,
 )
 from tokenweight.v1 import scorer_pb2, scorer_pb2_grpc
 
@@ -184,7 +183,7 @@ def test_score_returns_numpy_arrays_and_settings(serve):
         only = client.score(SEQS, outputs=["logp_short"])
         assert only.results[0].score is None and only.results[0].logp_long is None
         np.testing.assert_array_equal(only.results[0].logp_short, [-2.5, -4.5, -1.0])
-        assert client.list_scorers() == [ScorerInfo(name="fake", default_window=8, default_stride=6, is_default=True)]
+        assert client.list_scorers() == [wire.ScorerInfo(name="fake", default_window=8, default_stride=6, is_default=True)]
         with pytest.raises(TypeError, match="list of token-id arrays"):
             client.score([1, 2, 3])
 

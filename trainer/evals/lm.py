@@ -38,14 +38,7 @@ def load_engine(
     # Compiling the LM-head slice (the CUDA default) costs more start-up than it saves on the
     # few million tokens of an eval.
     options = dataclasses.replace(default_options(dev), compile_logprobs=False)
-    return ScoringEngine(
-        loaded.model,
-        options=options,
-        window=window,
-        max_length=seq_len,
-        long_path=loaded.path,
-        long_digest=loaded.digest,
-    )
+    return ScoringEngine.from_loaded(loaded, options=options, window=window, max_length=seq_len)
 
 
 def logprob_fn(engine: ScoringEngine):
