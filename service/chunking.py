@@ -42,6 +42,13 @@ def check_window(window: int, stride: int) -> None:
         )
 
 
+def share_whole_prefix(short, long, window: int) -> None:
+    """Targets t < window, whose short context is the whole prefix: when one model plays both
+    parts the short prediction is the long one, so `short` takes `long`'s values there (in
+    place, along the last axis) and the contrast is exactly 0."""
+    short[..., : window - 1] = long[..., : window - 1]
+
+
 def chunk_count(length: int, window: int, stride: int) -> int:
     """Short-context chunks for a sequence of `length` tokens: targets t >= window."""
     if length <= window:

@@ -17,7 +17,14 @@ from torch import nn
 
 from tokenweight.wire import ScorerInfo, Scores
 
-from .chunking import LONG, SHORT, check_window, default_stride, plan_sequence
+from .chunking import (
+    LONG,
+    SHORT,
+    check_window,
+    default_stride,
+    plan_sequence,
+    share_whole_prefix,
+)
 from .loading import LoadedModel, load_causal_lm, resolve_device, resolve_dtype
 from .logprobs import ForwardOptions, run_segments
 
@@ -109,12 +116,9 @@ def compute_logprobs(
             out[seg.out_offset : seg.out_offset + logp.numel()] = logp
 
     if short_is_long:
-        # t < window: the short context is the whole prefix, so the long pass already is
-        # the short prediction; copying makes the contrast exactly 0 there.
         for job, result in zip(jobs, results):
             if result.long is not None and result.short is not None:
-                head = min(job.window, job.tokens.numel()) - 1
-                result.short[:head] = result.long[:head]
+                share_whole_prefix(result.short, result.long, job.window)
     return results
 
 
