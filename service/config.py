@@ -124,7 +124,9 @@ class ServerConfig:
         group=NETWORK,
         repr=False,
     )
-    tls_cert: str | None = flag(None, "PEM certificate: serve gRPC and HTTP over TLS", group=NETWORK)
+    tls_cert: str | None = flag(
+        None, "PEM certificate: serve gRPC and HTTP over TLS", group=NETWORK
+    )
     tls_key: str | None = flag(None, "PEM private key for --tls-cert", group=NETWORK)
     grace_s: float = flag(
         30.0, "seconds to drain in-flight requests on SIGTERM", group=LIMITS, flag="--grace"

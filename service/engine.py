@@ -1,8 +1,8 @@
 """The scoring engine: `logp_long`, `logp_short` and `score` for batches of sequences.
 
-`compute_logprobs` is the one implementation of the scoring math of docs/DESIGN.md §1.1; the service's
-`ScoringEngine` wraps it with input checks, defaults and a fingerprint, and the trainer's
-`self` source calls it with the live model. No web framework is imported here.
+`compute_logprobs` is the one implementation of the scoring math of docs/DESIGN.md §1.1;
+the service's `ScoringEngine` wraps it with input checks, defaults and a fingerprint, and the
+trainer's `self` source calls it with the live model. No web framework is imported here.
 """
 
 import dataclasses

@@ -1,9 +1,9 @@
 """The trainer's configuration: one dataclass, filled from the command line.
 
 `torchrun --nproc-per-node N -m tokenweight.trainer --help` lists every flag; each is a field
-of `TrainConfig` carrying its default and help, and the parser is generated from them. Checks that need
-only the flags themselves run here, before any process group or model exists, so a typo
-fails in a second instead of after the model has loaded on every rank.
+of `TrainConfig` carrying its default and help, and the parser is generated from them. Checks
+that need only the flags themselves run here, before any process group or model exists, so a
+typo fails in a second instead of after the model has loaded on every rank.
 """
 
 import argparse
@@ -105,7 +105,9 @@ class TrainConfig:
     )
     stride: int | None = flag(None, "chunk stride s (default 3k/4)", group=SCORES)
     self_token_budget: int | None = flag(
-        None, "self source: tokens per no-grad scoring forward (default: the engine's)", group=SCORES
+        None,
+        "self source: tokens per no-grad scoring forward (default: the engine's)",
+        group=SCORES,
     )
     save_every: int = flag(
         0,

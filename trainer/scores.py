@@ -1,4 +1,5 @@
-"""Score sources: where each micro-batch's `logp_long` and `logp_short` come from (docs/DESIGN.md §1.3).
+"""Score sources: where each micro-batch's `logp_long` and `logp_short` come from
+(docs/DESIGN.md §1.3).
 
 | source        | logp_short                         | logp_long                    |
 |---------------|------------------------------------|------------------------------|

@@ -1,5 +1,5 @@
-"""Postprocessing of long/short losses into weights (docs/DESIGN.md §1.2). Expected values are written
-out by hand or with independent numpy formulas, never by calling the code under test."""
+"""Postprocessing of long/short losses into weights (docs/DESIGN.md §1.2). Expected values are
+written out by hand or with independent numpy formulas, never by calling the code under test."""
 
 import math
 
