@@ -40,7 +40,9 @@ def build_config(args: argparse.Namespace):
     overrides = values_of(args, ServerConfig)
     overrides["auth_token"] = args.auth_token or os.environ.get(TOKEN_ENV) or None
     if args.config:
-        given = [name for name, value in values_of(args, ScorerConfig).items() if value is not None]
+        # --allow-pickle is ignored with --config: each [[scorers]] entry sets allow_pickle.
+        scorer_flags = values_of(args, ScorerConfig)
+        given = [n for n, v in scorer_flags.items() if v is not None and n != "allow_pickle"]
         clashing = [f"--{name.replace('_', '-')}" for name in given]
         if clashing:
             raise ConfigError(f"{', '.join(clashing)} cannot be combined with --config; set them in the file")
