@@ -6,15 +6,14 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import grpc
 
+from tokenweight import wire
 from tokenweight.v1 import scorer_pb2
 
-from . import wire
 from .channels import ChannelClient
 from .errors import ScorerError
 from .pipeline import Pipeline
 from .score_request import make_request
 from .retry import RetryState
-from .scorer_info import ScorerInfo
 
 _END = object()
 
@@ -50,9 +49,9 @@ class ScorerClient(ChannelClient):
         )
         return wire.parse_response(self._call("Score", request, timeout), outputs)
 
-    def list_scorers(self, timeout: float | None = None) -> list[ScorerInfo]:
+    def list_scorers(self, timeout: float | None = None) -> list[wire.ScorerInfo]:
         response = self._call("ListScorers", scorer_pb2.ListScorersRequest(), timeout)
-        return [ScorerInfo.from_message(info) for info in response.scorers]
+        return [wire.ScorerInfo.from_message(info) for info in response.scorers]
 
     def score_many(
         self,

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .engine import Outputs, ScoreJob, ScoringEngine, SequenceScores
+from tokenweight.wire import Scores
+
+from .engine import Outputs, ScoreJob, ScoringEngine
 from .errors import DeadlineExceeded, QueueFull, ServiceError, Unavailable
 from .metrics import Metrics
 
@@ -77,7 +79,7 @@ class Batcher:
         stride: int,
         outputs: Outputs,
         timeout: float | None = None,
-    ) -> list[SequenceScores]:
+    ) -> list[Scores]:
         if len(self._pending) >= self.queue_size:
             raise QueueFull(
                 f"scorer {self.name!r} has {len(self._pending)} requests queued, its limit; "
@@ -169,7 +171,7 @@ class Batcher:
         for pending, result in zip(batch, results):
             _resolve(pending.future, result=result)
 
-    def _score(self, batch: list[_Pending]) -> list[list[SequenceScores]]:
+    def _score(self, batch: list[_Pending]) -> list[list[Scores]]:
         """On the engine thread: one engine call for every sequence of every request."""
         jobs = [
             ScoreJob(torch.from_numpy(seq.astype(np.int64)), p.window, p.stride, p.outputs)

@@ -9,17 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tokenweight.bundled import (
-    MAX_BYTES,
-    SNIPPET_FILE,
-    bundle_bytes,
-    default_model,
-    repeat_contrast,
-)
+from tokenweight.bundled import MAX_BYTES, SNIPPET_FILE, bundle_bytes, default_model
 from tokenweight.trainer.evals.identifiers import long_range_repeats
+from tokenweight.trainer.evals.repeat_contrast import repeat_contrast
 from tokenweight.trainer.prepare import load_tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_bundled_model_is_small_and_long_context():

@@ -1,4 +1,4 @@
-"""The wire format of DESIGN §3, in one place for the client and the server.
+"""The wire format of docs/DESIGN.md §3, in one place for the client and the server.
 
 Token ids travel as little-endian int32 bytes, per-token arrays as little-endian float32
 bytes. Everything here needs only numpy, grpc's status codes and the generated protobuf
@@ -6,7 +6,7 @@ code (no torch, no channel), so the client-only install can use it.
 """
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 import grpc
 import numpy as np
@@ -42,7 +42,11 @@ _STATUS_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 
 @dataclass
 class Scores:
-    """Target-aligned float32 arrays of L-1 values for one sequence; None where not asked."""
+    """Target-aligned float32 arrays of L-1 values for one sequence; None where not asked.
+
+    The one per-sequence type: the engine returns it, the wire carries it, the clients give it
+    back (the HTTP client's adds the token ids and decoded tokens).
+    """
 
     score: np.ndarray | None
     logp_long: np.ndarray | None
@@ -57,6 +61,36 @@ class ScoreResult:
     window: int
     stride: int
     results: list[Scores]
+
+
+@dataclass(frozen=True)
+class ScorerInfo:
+    """One hosted scorer, as ListScorers and GET /v1/scorers describe it (the proto's fields)."""
+
+    name: str
+    long_model: str = ""
+    short_model: str = ""
+    default_window: int = 0
+    default_stride: int = 0
+    max_sequence_length: int = 0
+    vocab_size: int = 0
+    dtype: str = ""
+    device: str = ""
+    fingerprint: str = ""
+    is_default: bool = False
+    max_request_tokens: int = 0
+
+    @classmethod
+    def from_message(cls, message: scorer_pb2.ScorerInfo) -> "ScorerInfo":
+        return cls(**{f.name: getattr(message, f.name) for f in fields(cls)})
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ScorerInfo":
+        """From the HTTP API's JSON; keys this side does not know are ignored."""
+        return cls(**{f.name: data[f.name] for f in fields(cls) if data.get(f.name) is not None})
+
+    def to_message(self) -> scorer_pb2.ScorerInfo:
+        return scorer_pb2.ScorerInfo(**asdict(self))
 
 
 def pack_tokens(token_ids) -> bytes:

@@ -1,9 +1,9 @@
-"""Packing and unpacking of the wire format (client/wire.py), no server involved."""
+"""Packing and unpacking of the wire format (tokenweight/wire.py), no server involved."""
 
 import numpy as np
 import pytest
 
-from tokenweight.client import wire
+from tokenweight import wire
 from tokenweight.v1 import scorer_pb2
 
 

@@ -2,7 +2,7 @@
 
 The servicer fakes scores (a function of the token ids) and fails on purpose, so these tests
 are about the client: retries and backoff, failover, pipelining, errors, auth and TLS. The
-end-to-end test against `tokenweight serve` is tests/test_client_e2e.py.
+end-to-end test against `tokenweight serve` is tests/e2e/test_client_e2e.py.
 """
 
 import asyncio
@@ -17,13 +17,12 @@ import grpc
 import numpy as np
 import pytest
 
+from tokenweight import wire
 from tokenweight.client import (
     AsyncScorerClient,
     RetryPolicy,
     ScorerClient,
     ScorerError,
-    ScorerInfo,
-    wire,
 )
 from tokenweight.v1 import scorer_pb2, scorer_pb2_grpc
 
@@ -184,7 +183,7 @@ def test_score_returns_numpy_arrays_and_settings(serve):
         only = client.score(SEQS, outputs=["logp_short"])
         assert only.results[0].score is None and only.results[0].logp_long is None
         np.testing.assert_array_equal(only.results[0].logp_short, [-2.5, -4.5, -1.0])
-        assert client.list_scorers() == [ScorerInfo(name="fake", default_window=8, default_stride=6, is_default=True)]
+        assert client.list_scorers() == [wire.ScorerInfo(name="fake", default_window=8, default_stride=6, is_default=True)]
         with pytest.raises(TypeError, match="list of token-id arrays"):
             client.score([1, 2, 3])
 

@@ -1,50 +1,19 @@
 """`tokenweight serve` as a real process: ready line, SIGTERM drain, exit codes."""
 
-import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import grpc
 import httpx
 import numpy as np
-import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tokenweight.client import wire
+from tokenweight import wire
 from tokenweight.v1 import scorer_pb2_grpc
 
-READY = re.compile(r"ready: grpc=127\.0\.0\.1:(\d+) http=127\.0\.0\.1:(\d+)")
-
-
-class ServeProcess:
-    def __init__(self, *args: str, timeout: float = 60):
-        cmd = [sys.executable, "-m", "tokenweight.cli", "serve", "--host", "127.0.0.1",
-               "--grpc-port", "0", "--http-port", "0", *args]
-        self.proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        self._ready = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
-        if not self._ready.wait(timeout):
-            self.kill()
-            pytest.fail("server never logged ready:\n" + "".join(self.lines))
-        self.grpc_port, self.http_port = map(int, READY.search("".join(self.lines)).groups())
-
-    def _read(self):
-        for line in self.proc.stderr:
-            self.lines.append(line)
-            if READY.search(line):
-                self._ready.set()
-
-    def channel(self):
-        return grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}", options=[("grpc.enable_http_proxy", 0)])
-
-    def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+from serve_helpers import ServeProcess
 
 
 def test_no_model_serves_the_bundled_one():

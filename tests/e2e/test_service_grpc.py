@@ -7,7 +7,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from conftest import ThreadedServer
-from tokenweight.client import wire
+from tokenweight import wire
 from tokenweight.v1 import scorer_pb2, scorer_pb2_grpc
 
 RNG = np.random.default_rng(0)

@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from conftest import ThreadedServer
-from tokenweight.client import wire
+from tokenweight import wire
 from tokenweight.v1 import scorer_pb2_grpc
 
 

@@ -1,5 +1,5 @@
 """HttpScorerClient's encoding, error mapping and retries (against httpx's mock transport;
-the real server is in tests/test_client_e2e.py)."""
+the real server is in tests/e2e/test_client_e2e.py)."""
 
 import json
 

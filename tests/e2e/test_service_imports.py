@@ -9,7 +9,7 @@ for name in ("fastapi", "starlette", "uvicorn", "pydantic"):
     sys.modules[name] = None  # any import of them now fails
 
 import grpc
-from tokenweight.client import wire
+from tokenweight import wire
 from tokenweight.service.config import ScorerConfig, ServeConfig, ServerConfig
 from tokenweight.service.runner import ScorerServer
 from tokenweight.v1 import scorer_pb2_grpc

@@ -11,7 +11,7 @@ import pytest
 
 from tokenweight.service.config import load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 
 
@@ -70,7 +70,7 @@ def test_example_config_serves_the_bundled_model_from_the_image(name, device):
 def test_cpu_config_serves_here_and_answers_readyz(tmp_path):
     """The CPU variant's config, with the image's path of the bundled model mapped to this
     checkout's, runs `tokenweight serve --config` on this (GPU-less) machine."""
-    from test_service_serve import ServeProcess
+    from serve_helpers import ServeProcess
 
     workdir = re.search(r"^WORKDIR (\S+)", (DOCKER / "Dockerfile").read_text(), re.M).group(1)
     config = tmp_path / "scorers.toml"

@@ -13,7 +13,7 @@ class NoTorch:
 
 sys.meta_path.insert(0, NoTorch())
 import tokenweight.client as client
-from tokenweight.client import wire
+from tokenweight import wire
 request = wire.build_request([[1, 2, 3]])
 client.ScorerClient("grpc://127.0.0.1:1").close()
 client.HttpScorerClient("http://127.0.0.1:1").close()

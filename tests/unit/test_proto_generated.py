@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROTO = "tokenweight/v1/scorer.proto"
 GENERATED = ("scorer_pb2.py", "scorer_pb2.pyi", "scorer_pb2_grpc.py")
 

@@ -1,5 +1,5 @@
-"""Postprocessing of long/short losses into weights (DESIGN.md §1). Expected values are written
-out by hand or with independent numpy formulas, never by calling the code under test."""
+"""Postprocessing of long/short losses into weights (docs/DESIGN.md §1.2). Expected values are
+written out by hand or with independent numpy formulas, never by calling the code under test."""
 
 import math
 
@@ -127,7 +127,7 @@ def test_truncation_clips_above_only():
 
 
 def test_interpolation_without_normalization():
-    # The DESIGN lists interpolation as its own step (the released code only ran it inside
+    # docs/DESIGN.md lists interpolation as its own step (the released code only ran it inside
     # normalisation): 0.5 + 0.5 * |d|.
     config = WeightingConfig(transforms=("absolute",), interpolation=0.5)
     close(compute_weights(t(LONG), t(SHORT), config), [[1.0, 0.75, 1.5, 0.5]])

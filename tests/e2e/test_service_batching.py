@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import ThreadedServer
-from tokenweight.client import wire
+from tokenweight import wire
 from tokenweight.service.scorers import Scorer
 from tokenweight.v1 import scorer_pb2_grpc
 

@@ -1,5 +1,5 @@
 """The scoring engine against a brute-force oracle: one fresh forward pass per target on
-exactly the context DESIGN §1 gives it."""
+exactly the context docs/DESIGN.md §1.1 gives it."""
 
 import numpy as np
 import pytest
@@ -74,7 +74,7 @@ def oracle_logp(model, context: list[int], target: int) -> float:
 
 
 def short_context(x: list[int], t: int, k: int, s: int) -> list[int]:
-    """DESIGN §1, written out independently of the engine's chunk plan."""
+    """docs/DESIGN.md §1.1, written out independently of the engine's chunk plan."""
     if t < k:
         return x[:t]
     a = ((t - k) // s + 1) * s
