@@ -135,3 +135,29 @@ def test_hybrid_scores_need_a_hybrid_loss(env):
     assert "tokenweight_logp_long" not in batch
     with pytest.raises(ScoreMismatchError, match="hybrid"):
         batch_loss(env, batch, TokenWeightLoss(WeightingConfig.from_preset("dense")))
+
+
+def test_readme_example_runs_as_written(tmp_path):
+    from tokenweight.bundled import default_model
+
+    example = Path(__file__).parents[1] / "examples" / "hf_trainer.py"
+    code = example.read_text()
+    assert len(code.splitlines()) <= 15
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert f"```python\n{code}```" in readme  # the README shows exactly this file
+    model, info = default_model()
+    scorer = Scorer(model, window=info["window"], http=True)
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(example)],
+            cwd=tmp_path,
+            env={**_env(), "SCORER_URL": scorer.url},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+        assert "train_loss" in proc.stdout + proc.stderr
+        assert scorer.score_calls() >= 1  # the batches were scored by the service
+    finally:
+        scorer.close()

@@ -143,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="where logp_long/logp_short come from (default: precomputed with --scores, service with --scorer-url)",
     )
     g.add_argument(
-        "--scorer-url", help="grpc://HOST:PORT[,grpc://HOST2:PORT] of `tokenweight serve`"
+        "--scorer-url",
+        help="grpc://HOST:PORT[,grpc://HOST2:PORT] of `tokenweight serve`, or a target gRPC "
+        "balances over its replicas: dns:///NAME:PORT, ipv4:A:PORT,B:PORT",
     )
     g.add_argument(
         "--scorer-name",
