@@ -81,7 +81,9 @@ def _row_lengths(batch: dict, input_ids: torch.Tensor) -> torch.Tensor:
     return lengths
 
 
-def _padded(name: str, arrays: list[np.ndarray], rows: list[np.ndarray], targets: int) -> torch.Tensor:
+def _padded(
+    name: str, arrays: list[np.ndarray], rows: list[np.ndarray], targets: int
+) -> torch.Tensor:
     """[batch, targets] float32, NaN past each row's own `len(row) - 1` values."""
     out = np.full((len(rows), targets), np.nan, dtype=np.float32)
     if len(arrays) != len(rows):

@@ -67,12 +67,18 @@ class ServiceScores(_PerProcess):
     retry_for: float = 3600.0
 
     def _open(self) -> ScorerClient:
-        return ScorerClient(self.url, retry=RetryPolicy.for_duration(self.retry_for, max_backoff=3.0))
+        return ScorerClient(
+            self.url, retry=RetryPolicy.for_duration(self.retry_for, max_backoff=3.0)
+        )
 
     def fetch(self, rows: list[np.ndarray], features: list[dict]) -> FetchedScores:
         outputs = ("logp_short",) if self.hybrid else ("logp_long", "logp_short")
         result = self.resource().score(
-            rows, window=self.window, stride=self.stride, scorer=self.scorer or None, outputs=outputs
+            rows,
+            window=self.window,
+            stride=self.stride,
+            scorer=self.scorer or None,
+            outputs=outputs,
         )
         return FetchedScores(
             logp_short=[r.logp_short for r in result.results],

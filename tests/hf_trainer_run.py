@@ -32,7 +32,9 @@ def rows_in_trainer_order(data: str, micro_batches: int) -> list[dict]:
     takes batches r, r + W, ...), hands every rank the rows tokenweight's trainer gives it."""
     shards = TokenShards(data)
     ranks = [RankBatches(shards, BATCH_SIZE, r, WORLD_SIZE, SEED) for r in range(WORLD_SIZE)]
-    indices = [i for step in range(micro_batches) for order in ranks for i in order.indices_at(step)]
+    indices = [
+        i for step in range(micro_batches) for order in ranks for i in order.indices_at(step)
+    ]
     return [{"input_ids": torch.as_tensor(shards[i], dtype=torch.long)} for i in indices]
 
 

@@ -38,6 +38,7 @@ def test_round_robin_skips_replicas_that_are_not_serving(tiny_scorers):
     servers.append(loading)
     try:
         ports = [s.server.grpc.port for s in servers]
+
         def counts():
             return [s.metric("tokenweight_grpc_requests_total", **SCORE_OK) for s in servers]
 

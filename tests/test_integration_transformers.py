@@ -46,7 +46,9 @@ def hf_train(env, out: Path, source: str) -> dict[int, float]:
         str(HF_RUN), str(env["model"]), str(env["data"]), str(out), env["scorer"].url, source,
         str(STEPS), str(GRAD_ACCUM), str(LAM),
     ]  # fmt: skip
-    proc = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=300)
+    proc = subprocess.run(
+        command, check=False, capture_output=True, text=True, env=_env(), timeout=300
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     return {int(k): v for k, v in json.loads((out / "losses.json").read_text()).items()}
 
@@ -86,7 +88,9 @@ def batch_loss(env, batch: dict, loss: TokenWeightLoss) -> torch.Tensor:
 
 def test_collator_attaches_the_scorers_arrays_and_the_loss_weights_them(env):
     batch = collated(env, [0, 1])
-    assert batch["input_ids"].shape == (2, SEQ_LEN) and torch.equal(batch["labels"], batch["input_ids"])
+    assert batch["input_ids"].shape == (2, SEQ_LEN) and torch.equal(
+        batch["labels"], batch["input_ids"]
+    )
     weighting = WeightingConfig.from_preset("dense", lam=LAM)
     got = batch_loss(env, batch, TokenWeightLoss(weighting))
     # Brute force: full logits, per-token CE, weights from the attached arrays.
@@ -97,9 +101,13 @@ def test_collator_attaches_the_scorers_arrays_and_the_loss_weights_them(env):
     model = AutoModelForCausalLM.from_pretrained(env["model"])
     logits = model(batch["input_ids"]).logits[:, :-1].float()
     ce = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), batch["input_ids"][:, 1:].reshape(-1), reduction="none"
+        logits.reshape(-1, logits.shape[-1]),
+        batch["input_ids"][:, 1:].reshape(-1),
+        reduction="none",
     ).view(2, -1)
-    w = compute_weights(-batch["tokenweight_logp_long"], -batch["tokenweight_logp_short"], weighting)
+    w = compute_weights(
+        -batch["tokenweight_logp_long"], -batch["tokenweight_logp_short"], weighting
+    )
     torch.testing.assert_close(got, (w * ce).mean(), rtol=0, atol=1e-5)
     assert not torch.allclose(w, torch.ones_like(w))  # the scores do weight the tokens
 
@@ -150,6 +158,7 @@ def test_readme_example_runs_as_written(tmp_path):
     try:
         proc = subprocess.run(
             [sys.executable, str(example)],
+            check=False,
             cwd=tmp_path,
             env={**_env(), "SCORER_URL": scorer.url},
             capture_output=True,
@@ -161,3 +170,86 @@ def test_readme_example_runs_as_written(tmp_path):
         assert scorer.score_calls() >= 1  # the batches were scored by the service
     finally:
         scorer.close()
+
+
+def test_store_scores_are_the_stores_rows_for_the_examples_tokens(env, tmp_path):
+    from tokenweight.cli import main as cli
+    from tokenweight.integrations.transformers import StoreScores
+    from tokenweight.trainer.score_store import ScoreStore
+
+    store = tmp_path / "scores"
+    argv = ["precompute", "--data", str(env["data"]), "--scorer-url", env["scorer"].url]
+    assert cli([*argv, "--out", str(store)]) == 0
+    shards = TokenShards(env["data"])
+    collator = ScoreCollator(StoreScores(store, env["data"]))
+    # Rows cut to 40 tokens, as a shorter training context would: the first 39 values.
+    features = [
+        {"input_ids": torch.as_tensor(shards[i][:40], dtype=torch.long), "sequence_index": i}
+        for i in (5, 9)
+    ]
+    batch = collator(features)
+    assert "sequence_index" not in batch  # not a model input
+    with ScoreStore.open(store, shards.content_hash) as scores:
+        logp_long, logp_short = scores.get([5, 9])
+        assert batch["tokenweight_fingerprint"] == scores.meta.fingerprint
+    np.testing.assert_array_equal(batch["tokenweight_logp_long"], logp_long[:, :39])
+    np.testing.assert_array_equal(batch["tokenweight_logp_short"], logp_short[:, :39])
+    # An example whose tokens are not its row's is refused, as is one without its row.
+    with pytest.raises(ScoreMismatchError, match="holds other tokens than row 9"):
+        collator(
+            [
+                features[0],
+                {**features[1], "sequence_index": 9, "input_ids": features[0]["input_ids"]},
+            ]
+        )
+    with pytest.raises(ScoreMismatchError, match="sequence_index"):
+        collator([{"input_ids": features[0]["input_ids"]}])
+
+
+def pad_right(features):
+    from torch.nn.utils.rnn import pad_sequence
+
+    ids = [f["input_ids"] for f in features]
+    mask = [torch.ones_like(i) for i in ids]
+    return {
+        "input_ids": pad_sequence(ids, batch_first=True, padding_value=0),
+        "attention_mask": pad_sequence(mask, batch_first=True, padding_value=0),
+    }
+
+
+def test_right_padded_rows_are_scored_and_weighted_over_their_own_tokens(env):
+    shards = TokenShards(env["data"])
+    lengths = (SEQ_LEN, 30)
+    features = [
+        {"input_ids": torch.as_tensor(shards[i][:n], dtype=torch.long)}
+        for i, n in enumerate(lengths)
+    ]
+    padded = ScoreCollator(ServiceScores(env["scorer"].url), base=pad_right)(features)
+    assert (padded["labels"][1, 30:] == -100).all() and padded["tokenweight_logp_short"][
+        1, 29:
+    ].isnan().all()
+    # The short row alone, unpadded, gives the same arrays and the same loss.
+    alone = collated(env, [0])
+    short = ScoreCollator(ServiceScores(env["scorer"].url))(features[1:])
+    np.testing.assert_allclose(
+        padded["tokenweight_logp_short"][1, :29], short["tokenweight_logp_short"][0], atol=1e-5
+    )
+    weighting = WeightingConfig.from_preset("dense")
+    losses = [batch_loss(env, b, TokenWeightLoss(weighting)) for b in (padded, alone, short)]
+    # Mean over all real targets of the batch: (63 * loss_row0 + 29 * loss_row1) / 92.
+    want = (63 * losses[1] + 29 * losses[2]) / 92
+    torch.testing.assert_close(losses[0], want, rtol=0, atol=1e-5)
+
+
+def test_left_padding_is_refused(env):
+    def pad_left(features):
+        batch = pad_right([{"input_ids": f["input_ids"].flip(0)} for f in features])
+        return {k: v.flip(1) for k, v in batch.items()}
+
+    shards = TokenShards(env["data"])
+    features = [
+        {"input_ids": torch.as_tensor(shards[i][:n], dtype=torch.long)}
+        for i, n in ((0, 20), (1, 10))
+    ]
+    with pytest.raises(ValueError, match="padding_side='right'"):
+        ScoreCollator(ServiceScores(env["scorer"].url), base=pad_left)(features)

@@ -40,7 +40,9 @@ def test_headless_service_probes_and_gpu(resources):
     # Headless: DNS returns every ready pod, for gRPC's round_robin to balance over.
     assert service["spec"]["clusterIP"] == "None"
     assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
-    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert (
+        deployment["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    )
     # Readiness asks the health service about the same service name the clients' health
     # checks watch, on the port the server listens on.
     grpc_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "grpc")
