@@ -13,8 +13,9 @@
 The collator scores each batch in the DataLoader's workers; `TokenWeightTrainer` runs the
 model for its hidden states only (no logits) and hands them to the loss through the
 Trainer's own `compute_loss_func` path, so gradient accumulation and multi-process runs
-normalise exactly as Trainer does (`num_items_in_batch`). The mixin adds the same to any
-Trainer subclass: `class MyTrainer(TokenWeightTrainerMixin, SomeTrainer)`.
+normalise exactly as Trainer does (`num_items_in_batch`). The mixin puts the same loss in
+place of the loss of any Trainer subclass:
+`class MyTrainer(TokenWeightTrainerMixin, SomeTrainer)`.
 """
 
 import torch
@@ -64,7 +65,9 @@ class TokenWeightTrainerMixin:
         )
         self._batch = (input_ids, scores)
         try:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            # Trainer's own, not a subclass's: this loss replaces theirs (TRL's SFTTrainer, for
+            # one, computes metrics from the full logits this forward does not make).
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
         finally:
             self._batch = None
 

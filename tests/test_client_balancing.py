@@ -59,6 +59,32 @@ def test_round_robin_skips_replicas_that_are_not_serving(tiny_scorers):
             s.close()
 
 
+def test_the_async_client_balances_the_same_way(tiny_scorers):
+    import asyncio
+
+    from tokenweight.client import AsyncScorerClient
+
+    servers = [ThreadedServer(tiny_scorers) for _ in range(2)]
+
+    def counts():
+        return [s.metric("tokenweight_grpc_requests_total", **SCORE_OK) for s in servers]
+
+    async def run() -> None:
+        async with AsyncScorerClient(ipv4_target(s.server.grpc.port for s in servers)) as client:
+            while min(counts()) == 0:  # warm up: both replicas READY
+                await client.score([[1, 5, 9, 4, 7]])
+            before = counts()
+            for _ in range(8):
+                await client.score([[1, 5, 9, 4, 7]])
+            assert [a - b for a, b in zip(counts(), before)] == [4, 4]
+
+    try:
+        asyncio.run(asyncio.wait_for(run(), 30))
+    finally:
+        for s in servers:
+            s.close()
+
+
 def test_tls_options_are_refused_for_a_balanced_target():
     with pytest.raises(ValueError, match="load-balanced targets are plaintext"):
         ScorerClient("ipv4:127.0.0.1:1,127.0.0.1:2", root_certificates=b"pem")

@@ -253,3 +253,37 @@ def test_left_padding_is_refused(env):
     ]
     with pytest.raises(ValueError, match="padding_side='right'"):
         ScoreCollator(ServiceScores(env["scorer"].url), base=pad_left)(features)
+
+
+def test_the_mixin_replaces_a_subclass_loss_in_a_one_process_trainer(env, tmp_path):
+    """One process, no accumulation: step 1's logged loss is the batch's weighted loss at the
+    initial weights; a Trainer subclass whose own loss needs full logits is bypassed."""
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+    from tokenweight.integrations.transformers import TokenWeightTrainerMixin
+
+    class NeedsLogits(Trainer):
+        def compute_loss(self, *args, **kwargs):
+            raise AssertionError("the subclass loss ran")
+
+    class Weighted(TokenWeightTrainerMixin, NeedsLogits):
+        pass
+
+    shards = TokenShards(env["data"])
+    rows = [{"input_ids": torch.as_tensor(shards[i], dtype=torch.long)} for i in (0, 1)]
+    weighting = WeightingConfig.from_preset("dense", lam=LAM)
+    args = TrainingArguments(
+        tmp_path, max_steps=1, per_device_train_batch_size=2, use_cpu=True, logging_steps=1,
+        train_sampling_strategy="sequential", save_strategy="no", disable_tqdm=True,
+    )  # fmt: skip
+    trainer = Weighted(
+        model=AutoModelForCausalLM.from_pretrained(env["model"]),
+        args=args,
+        train_dataset=rows,
+        data_collator=ScoreCollator(ServiceScores(env["scorer"].url)),
+        token_weight_loss=TokenWeightLoss(weighting),
+    )
+    trainer.train()
+    logged = next(r["loss"] for r in trainer.state.log_history if "loss" in r)
+    want = batch_loss(env, collated(env, [0, 1]), TokenWeightLoss(weighting))
+    assert logged == pytest.approx(want.item(), abs=1e-5)
