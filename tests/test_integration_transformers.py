@@ -19,6 +19,7 @@ from tokenweight.integrations.transformers import (
     TokenWeightLoss,
     WeightingConfig,
 )
+from tokenweight.client import ScorerClient
 from tokenweight.integrations.attached import AttachedScores
 from tokenweight.trainer.data import TokenShards
 
@@ -76,6 +77,20 @@ def collated(env, rows, hybrid=False) -> dict:
     return ScoreCollator(ServiceScores(env["scorer"].url, hybrid=hybrid))(features)
 
 
+def test_a_used_collator_pickles_without_its_channel(env):
+    """DataLoader workers may be spawned: they get the collator pickled, and open their own."""
+    import pickle
+
+    collator = ScoreCollator(ServiceScores(env["scorer"].url))
+    features = [{"input_ids": torch.arange(3, 20)}]
+    first = collator(features)
+    copy = pickle.loads(pickle.dumps(collator))
+    assert copy.scores._resource is None
+    torch.testing.assert_close(
+        copy(features)["tokenweight_logp_long"], first["tokenweight_logp_long"]
+    )
+
+
 def batch_loss(env, batch: dict, loss: TokenWeightLoss) -> torch.Tensor:
     from transformers import AutoModelForCausalLM
 
@@ -88,6 +103,14 @@ def batch_loss(env, batch: dict, loss: TokenWeightLoss) -> torch.Tensor:
 
 def test_collator_attaches_the_scorers_arrays_and_the_loss_weights_them(env):
     batch = collated(env, [0, 1])
+    scorer = ScorerClient(env["scorer"].url)
+    want = scorer.score(list(batch["input_ids"].numpy()))
+    scorer.close()
+    assert batch["tokenweight_fingerprint"] == want.fingerprint
+    for name in ("logp_long", "logp_short"):
+        np.testing.assert_allclose(
+            batch[f"tokenweight_{name}"], [getattr(r, name) for r in want.results], atol=1e-5
+        )
     assert batch["input_ids"].shape == (2, SEQ_LEN) and torch.equal(
         batch["labels"], batch["input_ids"]
     )
