@@ -22,7 +22,8 @@ class ScorerClient(ChannelClient):
     """Scores token sequences on one or more `grpc://` / `grpcs://` endpoints.
 
     `urls`: one URL, a comma-separated string, or a list; calls go round-robin and fail over
-    from an endpoint that answers UNAVAILABLE (it is skipped for `endpoint_cooldown` s).
+    from an endpoint that answers UNAVAILABLE (it is skipped for `endpoint_cooldown` s). A
+    `dns:///NAME:PORT` or `ipv4:A:P,B:P` target is balanced by gRPC itself (urls.py).
     `timeout`: default per-attempt deadline in seconds (None: none). `retry`: see
     `RetryPolicy`. `token`: sent as `authorization: Bearer ...`. `root_certificates`: PEM
     bytes or a file path for grpcs:// (default: the system's roots); `tls_server_name`: the

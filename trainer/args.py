@@ -91,7 +91,10 @@ class TrainConfig:
         choices=SCORE_SOURCES,
     )
     scorer_url: str | None = flag(
-        None, "grpc://HOST:PORT[,grpc://HOST2:PORT] of `tokenweight serve`", group=SCORES
+        None,
+        "grpc://HOST:PORT[,grpc://HOST2:PORT] of `tokenweight serve`, or a target gRPC balances "
+        "over its replicas: dns:///NAME:PORT, ipv4:A:PORT,B:PORT",
+        group=SCORES,
     )
     scorer_name: str = flag(
         "", "scorer to ask on the server (default: its default scorer)", group=SCORES
