@@ -117,12 +117,15 @@ TRAIN_SHAPES = {
                     intermediate_size=8192, vocab_size=32000),
     "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                  intermediate_size=64, vocab_size=32000),
+    # The quality pipeline's block model: ~30M parameters with its 8192-token vocabulary.
+    "30m": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8,
+                intermediate_size=1376, vocab_size=8192, tie_word_embeddings=True),
 }
 
 # Set in every process a benchmark starts. NVLink multicast stays off in NCCL, PyTorch and
 # NVSHMEM: on the shared multi-GPU hosts a program using it can take the GPUs out of service.
 # PYTHONSAFEPATH is `-P` for the processes torchrun itself starts (it runs `python -u -m`), so
-# the repo root never shadows the installed or shimmed package.
+# a repo root without the links of bench/device_env.sh never shadows the installed package.
 CHILD_ENV = {
     "NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1",
     "PYTHONSAFEPATH": "1",
@@ -133,31 +136,34 @@ def child_env(**extra: str) -> dict:
     return {**os.environ, **CHILD_ENV, **extra}
 
 
-def save_llama(shape: str, path: Path, max_positions: int) -> Path:
-    """A random-weight Llama of TRAIN_SHAPES[shape] (fp32) saved with save_pretrained."""
+def save_llama(shape: str, path: Path, max_positions: int, device: str = "cpu") -> Path:
+    """A random-weight Llama of TRAIN_SHAPES[shape] or SHAPES[shape] (fp32) saved with
+    save_pretrained; `device` only speeds up the random initialisation of large shapes."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(**TRAIN_SHAPES[shape], max_position_embeddings=max_positions, bos_token_id=1,
-                         eos_token_id=2)
-    LlamaForCausalLM(config).save_pretrained(path)
+    config = LlamaConfig(**(TRAIN_SHAPES.get(shape) or SHAPES[shape]), max_position_embeddings=max_positions,
+                         bos_token_id=1, eos_token_id=2)
+    with torch.device(device):
+        model = LlamaForCausalLM(config)
+    model.save_pretrained(path)
     return path
 
 
-def write_tokens(path: Path, seq_len: int, rows: int) -> Path:
-    """`rows` rows of random tokens, prepared as `tokenweight prepare` would."""
+def write_tokens(path: Path, seq_len: int, rows: int, vocab: int = 32000) -> Path:
+    """`rows` rows of random tokens below `vocab`, prepared as `tokenweight prepare` would."""
     from tokenweight.trainer.prepare import ShardWriter
 
     writer = ShardWriter(path, seq_len)
     rng = np.random.default_rng(0)
-    writer.add(rng.integers(3, 32000, size=seq_len * rows).astype(np.int32))
-    writer.finish({"vocab_size": 32000, "eos_token_id": 2, "bos_token_id": 1, "tokenizer": "random"})
+    writer.add(rng.integers(3, vocab, size=seq_len * rows).astype(np.int32))
+    writer.finish({"vocab_size": vocab, "eos_token_id": 2, "bos_token_id": 1, "tokenizer": "random"})
     return path
 
 
 def serve(model_dir, window: int, *extra: str, device: str = "cuda", env: dict | None = None):
     """Start `tokenweight serve` (gRPC only, any free port); returns (process, grpc URL) once ready."""
-    # -P: the repo root must not shadow the installed (or shimmed) package
+    # -P: a repo root without the links of bench/device_env.sh must not shadow the installed package
     cmd = [sys.executable, "-P", "-m", "tokenweight.cli", "serve", "--model", str(model_dir), "--window",
            str(window), "--device", device, "--grpc-port", "0", "--no-http", "--queue-size", "4096", *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -4,22 +4,20 @@ Baseline = the paper's released code's way: a Hugging Face forward returning ful
 for the whole sequence, then each short chunk one at a time with full logits and
 cross-entropy on them. Same window/stride, same numbers (checked).
 
-    python bench/engine_bench.py --shapes llama-3.2-1b llama-3-8b --lengths 8192 32768
+    python -m bench.engine_bench --shapes llama-3.2-1b llama-3-8b --lengths 8192 32768
 writes bench/results/engine_h200.json.
 """
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import build_model, forward_flops, machine, matmul_ceiling, timed, write_results  # noqa: E402
-from tokenweight.service.chunking import chunk_count, default_stride  # noqa: E402
-from tokenweight.service.engine import ScoringEngine  # noqa: E402
-from tokenweight.service.logprobs import ForwardOptions  # noqa: E402
+from bench.common import build_model, forward_flops, machine, matmul_ceiling, timed, write_results
+from tokenweight.service.chunking import chunk_count, default_stride
+from tokenweight.service.engine import ScoringEngine
+from tokenweight.service.logprobs import ForwardOptions
 
 
 # The engine's paths: torch's own attention choice or a backend tried first, with or without

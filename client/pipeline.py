@@ -15,9 +15,9 @@ from collections.abc import Iterator
 
 import grpc
 
+from tokenweight import wire
 from tokenweight.v1 import scorer_pb2
 
-from . import wire
 from .errors import ScorerError
 from .retry import is_retryable
 

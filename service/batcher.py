@@ -30,7 +30,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .engine import Outputs, ScoreJob, ScoringEngine, SequenceScores
+from tokenweight.wire import Scores
+
+from .engine import Outputs, ScoreJob, ScoringEngine
 from .errors import DeadlineExceeded, QueueFull, ServiceError, Unavailable
 from .metrics import Metrics
 
@@ -124,7 +126,7 @@ class Batcher:
         outputs: Outputs,
         timeout: float | None = None,
         client: str = "",
-    ) -> list[SequenceScores]:
+    ) -> list[Scores]:
         loop = asyncio.get_running_loop()
         request = _Request(
             client,
@@ -306,7 +308,7 @@ class Batcher:
                 self._running.discard(request)
                 _resolve(request, result=request.results)
 
-    def _score(self, batch: list[_Unit]) -> list[list[SequenceScores]]:
+    def _score(self, batch: list[_Unit]) -> list[list[Scores]]:
         """On the engine thread: one engine call for every sequence of every unit."""
         jobs = [
             ScoreJob(

@@ -1,4 +1,4 @@
-"""The chunk plan of DESIGN §1: which forward passes score which targets.
+"""The chunk plan of docs/DESIGN.md §1.1: which forward passes score which targets.
 
 Every pass is an independent forward from position 0, so one plan serves any causal LM
 (rotary or learned absolute positions alike). A `Segment` is one such pass: the tokens it
@@ -40,6 +40,13 @@ def check_window(window: int, stride: int) -> None:
             f"stride must satisfy 1 <= stride <= window-1 = {window - 1}, got {stride} "
             f"(window {window}; the default stride is 3*window/4 = {default_stride(window)})"
         )
+
+
+def share_whole_prefix(short, long, window: int) -> None:
+    """Targets t < window, whose short context is the whole prefix: when one model plays both
+    parts the short prediction is the long one, so `short` takes `long`'s values there (in
+    place, along the last axis) and the contrast is exactly 0."""
+    short[..., : window - 1] = long[..., : window - 1]
 
 
 def chunk_count(length: int, window: int, stride: int) -> int:

@@ -1,8 +1,8 @@
 """The scoring engine: `logp_long`, `logp_short` and `score` for batches of sequences.
 
-`compute_logprobs` is the one implementation of DESIGN §1's scoring math; the service's
-`ScoringEngine` wraps it with input checks, defaults and a fingerprint, and the trainer's
-`self` source calls it with the live model. No web framework is imported here.
+`compute_logprobs` is the one implementation of the scoring math of docs/DESIGN.md §1.1;
+the service's `ScoringEngine` wraps it with input checks, defaults and a fingerprint, and the
+trainer's `self` source calls it with the live model. No web framework is imported here.
 """
 
 import bisect
@@ -17,8 +17,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from .chunking import LONG, SHORT, check_window, default_stride, forward_tokens, plan_sequence
-from .loading import load_causal_lm, resolve_device, resolve_dtype
+from tokenweight.wire import ScorerInfo, Scores
+
+from .chunking import (
+    LONG,
+    SHORT,
+    check_window,
+    default_stride,
+    forward_tokens,
+    plan_sequence,
+    share_whole_prefix,
+)
+from .loading import LoadedModel, load_causal_lm, resolve_device, resolve_dtype
 from .logprobs import ForwardOptions, run_segments
 
 # Bumped whenever the scoring math changes, so old fingerprints stop matching.
@@ -64,15 +74,6 @@ class ScoreJob:
 class LogProbs:
     long: torch.Tensor | None  # fp32 [L-1] or None when not requested
     short: torch.Tensor | None
-
-
-@dataclass
-class SequenceScores:
-    """Target-aligned float32 arrays of L-1 values; None where not requested."""
-
-    score: np.ndarray | None
-    logp_long: np.ndarray | None
-    logp_short: np.ndarray | None
 
 
 @torch.inference_mode()
@@ -125,12 +126,9 @@ def compute_logprobs(
             out[seg.out_offset : seg.out_offset + logp.numel()] = logp
 
     if short_is_long:
-        # t < window: the short context is the whole prefix, so the long pass already is
-        # the short prediction; copying makes the contrast exactly 0 there.
         for job, result in zip(jobs, results):
             if result.long is not None and result.short is not None:
-                head = min(job.window, job.tokens.numel()) - 1
-                result.short[:head] = result.long[:head]
+                share_whole_prefix(result.short, result.long, job.window)
     return results
 
 
@@ -223,6 +221,14 @@ class ScoringEngine:
         torch_dtype = resolve_dtype(dtype, dev)
         long = load_causal_lm(path, dev, torch_dtype, allow_pickle)
         short = load_causal_lm(short_path, dev, torch_dtype, allow_pickle) if short_path else None
+        return cls.from_loaded(long, short, **settings)
+
+    @classmethod
+    def from_loaded(
+        cls, long: LoadedModel, short: LoadedModel | None = None, **settings
+    ) -> "ScoringEngine":
+        """The engine over checkpoints already loaded (their paths and digests included);
+        `from_pretrained`, the service's scorers and the evals all build it here."""
         return cls(
             long.model,
             short.model if short else None,
@@ -328,7 +334,7 @@ class ScoringEngine:
             f"server runs at most {limit} per request: {advice}"
         )
 
-    def run(self, jobs: list[ScoreJob]) -> list[SequenceScores]:
+    def run(self, jobs: list[ScoreJob]) -> list[Scores]:
         """Score jobs that already passed `check` (the batcher's entry point)."""
         logprobs = compute_logprobs(
             self.long_model, self.short_model, jobs, self.bos_token_id, self.options
@@ -341,26 +347,26 @@ class ScoringEngine:
         window: int | None = None,
         stride: int | None = None,
         outputs: Outputs = ALL_OUTPUTS,
-    ) -> list[SequenceScores]:
+    ) -> list[Scores]:
         arrays = [np.asarray(seq) for seq in sequences]
         arrays = [a.astype(np.int64) if a.size == 0 else a for a in arrays]
         k, s = self.resolve(window, stride)
         self.check(arrays, k, s)
         return self.run([ScoreJob(torch.as_tensor(a, dtype=torch.long), k, s, outputs) for a in arrays])
 
-    def info(self) -> dict:
-        return {
-            "name": self.name,
-            "long_model": self.long_path,
-            "short_model": self.short_path,
-            "default_window": self.window,
-            "default_stride": self.stride,
-            "max_sequence_length": self.max_length,
-            "vocab_size": self.vocab_size,
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "device": str(self.device),
-            "fingerprint": self.fingerprint(),
-        }
+    def info(self) -> ScorerInfo:
+        return ScorerInfo(
+            name=self.name,
+            long_model=self.long_path,
+            short_model=self.short_path,
+            default_window=self.window,
+            default_stride=self.stride,
+            max_sequence_length=self.max_length,
+            vocab_size=self.vocab_size,
+            dtype=str(self.dtype).removeprefix("torch."),
+            device=str(self.device),
+            fingerprint=self.fingerprint(),
+        )
 
 
 def _check_pair(long_model: nn.Module, short_model: nn.Module) -> None:
@@ -373,11 +379,11 @@ def _check_pair(long_model: nn.Module, short_model: nn.Module) -> None:
         )
 
 
-def _to_scores(outputs: Outputs, logprobs: LogProbs) -> SequenceScores:
+def _to_scores(outputs: Outputs, logprobs: LogProbs) -> Scores:
     long = logprobs.long.numpy() if logprobs.long is not None else None
     short = logprobs.short.numpy() if logprobs.short is not None else None
     score = np.abs(short - long) if outputs.score else None
-    return SequenceScores(
+    return Scores(
         score=score,
         logp_long=long if outputs.logp_long else None,
         logp_short=short if outputs.logp_short else None,

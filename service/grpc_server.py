@@ -1,33 +1,30 @@
 """The gRPC front end: `tokenweight.v1.Scorer`, standard health and server reflection.
 
-The servicer is a thin translation between protobuf messages and the scoring core; auth and
-metrics are interceptors.
+The servicer is a thin translation between protobuf messages and the scoring core; auth,
+metrics and the catch-all for unexpected failures are interceptors.
 """
 
 import asyncio
-import inspect
 import logging
-import time
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from tokenweight.client import wire
+from tokenweight import wire
 from tokenweight.v1 import scorer_pb2, scorer_pb2_grpc
 
 from .auth import BearerToken, GrpcAuthInterceptor
 from .config import ServerConfig
 from .engine import Outputs
 from .errors import AlreadyExists, InvalidArgument, ServiceError
+from .grpc_interceptors import SERVICE_NAME, GrpcInternalErrorInterceptor, GrpcMetricsInterceptor
 from .grpc_messages import MalformedRequest, decode_request
 from .metrics import Metrics
 from .scoring import ScoringService
 
 log = logging.getLogger(__name__)
-
-SERVICE_NAME = scorer_pb2.DESCRIPTOR.services_by_name["Scorer"].full_name
 
 
 class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
@@ -120,81 +117,18 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             infos = self._service.info()
         except ServiceError as exc:
             await context.abort(grpc.StatusCode[exc.status], exc.message)
-        fields = scorer_pb2.ScorerInfo.DESCRIPTOR.fields_by_name
         return scorer_pb2.ListScorersResponse(
-            scorers=[scorer_pb2.ScorerInfo(**{k: v for k, v in info.items() if k in fields}) for info in infos],
+            scorers=[info.to_message() for info in infos],
             default_scorer=self._service.default_scorer,
         )
-
-
-class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Counts calls of the Scorer service by status code and times them."""
-
-    def __init__(self, metrics: Metrics):
-        self._metrics = metrics
-
-    async def intercept_service(self, continuation, details):
-        handler = await continuation(details)
-        if handler is None or not details.method.startswith(f"/{SERVICE_NAME}/"):
-            return handler
-        method = details.method.rsplit("/", 1)[-1]
-        record = self._recorder(method)
-        if handler.unary_unary:
-            behavior = handler.unary_unary
-
-            async def unary(request, context):
-                start = time.perf_counter()
-                try:
-                    response = await behavior(request, context)
-                except BaseException as exc:
-                    record(context, exc, start)
-                    raise
-                record(context, None, start)
-                return response
-
-            return grpc.unary_unary_rpc_method_handler(
-                unary, handler.request_deserializer, handler.response_serializer
-            )
-        behavior = handler.stream_stream
-
-        async def stream(request_iterator, context):
-            start = time.perf_counter()
-            try:
-                responses = behavior(request_iterator, context)
-                if inspect.isasyncgen(responses):
-                    async for response in responses:
-                        yield response
-                else:  # a handler that writes with context.write (or only aborts)
-                    await responses
-            except BaseException as exc:
-                record(context, exc, start)
-                raise
-            record(context, None, start)
-
-        return grpc.stream_stream_rpc_method_handler(
-            stream, handler.request_deserializer, handler.response_serializer
-        )
-
-    def _recorder(self, method: str):
-        def record(context, exc: BaseException | None, start: float) -> None:
-            code = context.code()
-            if code is None:
-                code = (
-                    grpc.StatusCode.OK if exc is None
-                    else grpc.StatusCode.CANCELLED if isinstance(exc, asyncio.CancelledError)
-                    else grpc.StatusCode.UNKNOWN
-                )
-            self._metrics.grpc_requests.labels(method, code.name).inc()
-            self._metrics.grpc_latency.labels(method).observe(time.perf_counter() - start)
-
-        return record
 
 
 class GrpcFrontEnd:
     """The gRPC server with health and reflection, bound to `config.host:config.grpc_port`."""
 
     def __init__(self, service: ScoringService, config: ServerConfig, metrics: Metrics):
-        interceptors = [GrpcMetricsInterceptor(metrics)]
+        # The metrics interceptor is outermost, so it counts the INTERNAL the catch-all sets.
+        interceptors = [GrpcMetricsInterceptor(metrics), GrpcInternalErrorInterceptor()]
         if config.auth_token:
             interceptors.append(GrpcAuthInterceptor(BearerToken(config.auth_token)))
         limit = wire.message_limit(config.max_request_tokens, config.max_sequences)

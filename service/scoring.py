@@ -8,14 +8,17 @@ import asyncio
 import contextvars
 import logging
 from concurrent.futures import ThreadPoolExecutor
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
+from tokenweight.wire import ScorerInfo, Scores
+
 from .batcher import Batcher, QueueLimits
 from .cache import ScoreCache
 from .config import ServerConfig
-from .engine import Outputs, ScoringInputError, SequenceScores
+from .engine import Outputs, ScoringInputError
 from .errors import InvalidArgument, NotFound, ServiceError, Unavailable
 from .metrics import Metrics
 from .scorers import Scorer
@@ -35,7 +38,7 @@ class Scored:
     fingerprint: str
     window: int
     stride: int
-    results: list[SequenceScores]
+    results: list[Scores]
 
 
 class ScoringService:
@@ -97,12 +100,15 @@ class ScoringService:
             )
         return scorer
 
-    def info(self) -> list[dict]:
+    def info(self) -> list[ScorerInfo]:
         """ListScorers / GET /v1/scorers: each scorer's settings."""
         self._check_state()
         return [
-            scorer.engine.info()
-            | {"is_default": name == self.default_scorer, "max_request_tokens": self.config.max_request_tokens}
+            dataclasses.replace(
+                scorer.engine.info(),
+                is_default=name == self.default_scorer,
+                max_request_tokens=self.config.max_request_tokens,
+            )
             for name, scorer in self.scorers.items()
         ]
 
@@ -141,7 +147,7 @@ class ScoringService:
         except ScoringInputError as exc:
             raise InvalidArgument(str(exc)) from None
         fingerprint = engine.fingerprint(k, s)
-        results: list[SequenceScores | None] = [None] * len(sequences)
+        results: list[Scores | None] = [None] * len(sequences)
         keys = []
         if self._cache is not None:
             keys = [ScoreCache.key(fingerprint, k, s, seq) for seq in sequences]

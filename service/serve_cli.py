@@ -7,66 +7,29 @@ import os
 import signal
 import sys
 
+from tokenweight.flags import add_flags, values_of
+
 from .auth import TOKEN_ENV
+from .config import (
+    WHAT,
+    ConfigError,
+    ScorerConfig,
+    ServeConfig,
+    ServerConfig,
+    load_config,
+    server_config,
+)
 
 log = logging.getLogger("tokenweight.serve")
 
-# Flags that describe the single --model scorer; with --config the file says these.
-_SCORER_FLAGS = (
-    "model", "short_model", "name", "window", "stride", "device", "dtype", "max_length", "batch_invariant",
-)
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    what = parser.add_argument_group("what to serve")
-    what.add_argument(
-        "--model",
-        help="local Hugging Face checkpoint directory (the long model; default: the bundled code "
-        "model, with its window)",
+    groups: dict = {}
+    add_flags(parser, ScorerConfig, unset_is_none=True, groups=groups)
+    groups[WHAT].add_argument(
+        "--config", help="TOML file with several [[scorers]] (see service/config.py)"
     )
-    what.add_argument("--short-model", help="separate short-context model (same tokenizer)")
-    what.add_argument("--config", help="TOML file with several [[scorers]] (see service/config.py)")
-    what.add_argument("--name", help="scorer name for --model (default: 'default')")
-    what.add_argument("--window", type=int, help="short-context window k (default 1024)")
-    what.add_argument("--stride", type=int, help="stride s (default 3k/4)")
-    what.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
-    what.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: bf16 on CUDA, fp32 on CPU")
-    what.add_argument("--max-length", type=int, help="longest sequence accepted (default: the model's positions)")
-    what.add_argument(
-        "--batch-invariant", action="store_true", default=None,
-        help="run each pass in its own forward so scores never depend on what a request is "
-        "batched with (bit-identical; slower for short sequences)",
-    )
-    what.add_argument("--allow-pickle", action="store_true", default=None, help="allow pytorch_model.bin checkpoints (runs code from the file)")
-
-    net = parser.add_argument_group("network")
-    net.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 for all interfaces)")
-    net.add_argument("--grpc-port", type=int, help="gRPC port (default 50051; 0 = any free port)")
-    net.add_argument("--http-port", type=int, help="HTTP port (default 8000; 0 = any free port)")
-    net.add_argument("--no-http", dest="http", action="store_false", default=None, help="serve gRPC only")
-    net.add_argument("--tls-cert", help="PEM certificate: serve gRPC and HTTP over TLS")
-    net.add_argument("--tls-key", help="PEM private key for --tls-cert")
-    net.add_argument("--auth-token", help=f"shared bearer token required on every request (default ${TOKEN_ENV})")
-
-    tune = parser.add_argument_group("batching and limits")
-    tune.add_argument("--batch-tokens", type=int, help="tokens coalesced per engine call (default: the engine's token budget)")
-    tune.add_argument("--max-wait-ms", type=float, help="longest a request waits for others to batch with (default 5)")
-    tune.add_argument("--queue-size", type=int, help="requests waiting per scorer before RESOURCE_EXHAUSTED (default 256)")
-    tune.add_argument("--queue-tokens", type=int, help="forward tokens waiting per scorer before RESOURCE_EXHAUSTED (default 16777216)")
-    tune.add_argument("--client-share", type=float, help="fraction of the queue one client connection may hold (default 0.25)")
-    tune.add_argument("--stream-inflight", type=int, help="requests in flight per ScoreStream before the server stops reading it (default 64)")
-    tune.add_argument("--max-request-tokens", type=int, help="tokens per request (default 1048576)")
-    tune.add_argument("--max-sequences", type=int, help="sequences per request (default 4096)")
-    tune.add_argument(
-        "--max-forward-tokens", type=int,
-        help="tokens the model may read for one request, chunks included (default 4194304)",
-    )
-    tune.add_argument("--cache-mb", type=float, help="in-memory score cache size (default 0 = off)")
-    tune.add_argument("--grace", dest="grace_s", type=float, help="seconds SIGTERM may take in all, draining included (default 30)")
-    net.add_argument("--http-header-timeout", dest="http_header_timeout_s", type=float, help="seconds a request's headers may take to arrive (default 10)")
-    net.add_argument("--http-body-timeout", dest="http_body_timeout_s", type=float, help="seconds a request's body may take after its headers (default 60)")
-    net.add_argument("--http-keep-alive", dest="http_keep_alive_s", type=float, help="seconds an idle kept-alive connection stays open (default 5)")
-    net.add_argument("--http-max-connections", type=int, help="open HTTP connections before new ones get 503 (default 1024)")
+    add_flags(parser, ServerConfig, unset_is_none=True, groups=groups)
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
 
 
@@ -74,20 +37,13 @@ def build_config(args: argparse.Namespace):
     """The ServeConfig the flags (and --config file) describe; ConfigError if inconsistent."""
     from tokenweight.bundled import model_or_default
 
-    from .config import ConfigError, ScorerConfig, ServeConfig, load_config, server_config
-
-    overrides = {
-        key: getattr(args, key)
-        for key in (
-            "host", "grpc_port", "http_port", "http", "tls_cert", "tls_key", "batch_tokens",
-            "max_wait_ms", "queue_size", "queue_tokens", "client_share", "stream_inflight", "max_request_tokens", "max_sequences", "max_forward_tokens",
-            "cache_mb", "grace_s", "http_header_timeout_s", "http_body_timeout_s", "http_keep_alive_s",
-            "http_max_connections",
-        )
-    }
+    overrides = values_of(args, ServerConfig)
     overrides["auth_token"] = args.auth_token or os.environ.get(TOKEN_ENV) or None
     if args.config:
-        clashing = [f"--{f.replace('_', '-')}" for f in _SCORER_FLAGS if getattr(args, f) is not None]
+        # --allow-pickle is ignored with --config: each [[scorers]] entry sets allow_pickle.
+        scorer_flags = values_of(args, ScorerConfig)
+        given = [n for n, v in scorer_flags.items() if v is not None and n != "allow_pickle"]
+        clashing = [f"--{name.replace('_', '-')}" for name in given]
         if clashing:
             raise ConfigError(f"{', '.join(clashing)} cannot be combined with --config; set them in the file")
         return load_config(args.config, overrides)
@@ -113,7 +69,6 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from .config import ConfigError
     from .loading import ModelLoadError
 
     logging.basicConfig(

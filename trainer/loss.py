@@ -9,6 +9,7 @@ sequence length.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -74,6 +75,8 @@ def token_cross_entropy(
     mask: torch.Tensor | None = None,
     ignore_index: int = -100,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    compiled: bool = False,
+    recompute: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Differentiable per-token CE ``[batch, T]`` (0 at non-real targets) and the real-target mask.
 
@@ -81,7 +84,11 @@ def token_cross_entropy(
     backward; each chunk's logits are recomputed there. Logits are upcast to fp32 before the
     softmax, as Hugging Face models do. With a pure-bf16 head the weight's gradient is summed
     over chunks in bf16 (within about an ulp of the unchunked one); under autocast with fp32
-    parameters autograd sums it in fp32.
+    parameters autograd sums it in fp32. ``compiled`` runs each chunk through
+    :func:`torch.compile` (the upcast, log-softmax and gather fused into a few kernels); the
+    arithmetic is the same up to fp32 rounding. ``recompute=False`` keeps each chunk's logits
+    for the backward instead of recomputing them: faster where ``T x vocab`` logits fit (small
+    vocabularies), the same numbers.
     """
     weight, bias = _head_parameters(lm_head, bias)
     if hidden.dim() != 3 or targets.shape != hidden.shape[:2]:
@@ -102,15 +109,27 @@ def token_cross_entropy(
 
     # max(..., 1): a batch without targets still runs one (empty) chunk, so the loss stays
     # connected to the graph and every rank takes part in the backward.
+    chunk_ce = _compiled_chunk_ce() if compiled else _chunk_ce
+    if recompute:
+        chunk_ce = functools.partial(checkpoint, chunk_ce, use_reentrant=False)
     ce = torch.cat([
-        checkpoint(_chunk_ce, h[i:i + chunk_size], weight, bias, t[i:i + chunk_size], use_reentrant=False)
+        chunk_ce(h[i:i + chunk_size], weight, bias, t[i:i + chunk_size])
         for i in range(0, max(h.shape[0], 1), chunk_size)
     ])
     return torch.where(real, ce.view(targets.shape), 0.0), real
 
 
-def weighted_mean(token_ce: torch.Tensor, real: torch.Tensor, weights: torch.Tensor | None = None) -> WeightedCE:
-    """Reduce per-token CE to ``sum(w * CE) / num_real`` with detached weights (None = all 1)."""
+def weighted_mean(
+    token_ce: torch.Tensor,
+    real: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    num_items: torch.Tensor | int | None = None,
+) -> WeightedCE:
+    """Reduce per-token CE to ``sum(w * CE) / num_real`` with detached weights (None = all 1).
+
+    ``num_items`` replaces ``num_real`` as the loss's divisor: the real targets of a whole
+    optimizer step (all micro-batches and ranks), as Hugging Face's Trainer counts them.
+    """
     if weights is not None and weights.shape != token_ce.shape:
         raise ValueError(f"weights must have the targets' shape {tuple(token_ce.shape)}, got {tuple(weights.shape)}")
     num_targets = real.sum()
@@ -123,7 +142,7 @@ def weighted_mean(token_ce: torch.Tensor, real: torch.Tensor, weights: torch.Ten
         weighted = token_ce * torch.where(real, w, 0.0)
     detached = token_ce.detach()
     return WeightedCE(
-        loss=weighted.sum() / denominator,
+        loss=weighted.sum() / (denominator if num_items is None else num_items),
         ce_mean=detached.sum() / denominator,
         token_ce=detached,
         num_targets=num_targets,
@@ -147,3 +166,9 @@ def _chunk_ce(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
     # promote_types: fp16/bf16 go up to fp32, fp64 stays fp64.
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     return F.cross_entropy(logits, t, reduction="none")
+
+
+@functools.cache
+def _compiled_chunk_ce():
+    # Built once per process: every caller shares the compiled kernels of each chunk shape.
+    return torch.compile(_chunk_ce)

@@ -25,6 +25,7 @@ WEIGHT_NONZERO = "weight_nonzero"  # fraction of targets with a weight > 0
 # throughput
 TOKENS_PER_S = "tokens_per_s"
 SCORER_WAIT_S = "scorer_wait_s"  # time the step waited for scores
+PEAK_MEM_GIB = "peak_mem_gib"  # CUDA only: the most memory this rank's tensors held so far
 LR = "lr"
 
 

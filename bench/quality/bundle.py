@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenweight.bundled import INFO_FILE, MAX_BYTES, SNIPPET_FILE, bundle_bytes, repeat_contrast
+from tokenweight.bundled import INFO_FILE, MAX_BYTES, SNIPPET_FILE, bundle_bytes
+from tokenweight.trainer.evals.repeat_contrast import repeat_contrast
 from tokenweight.trainer.evals.identifiers import long_range_repeats
 from tokenweight.trainer.prepare import load_tokenizer
 

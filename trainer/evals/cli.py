@@ -11,10 +11,12 @@ which is equal for two evals that saw the same sequences and synthetic items.
 import hashlib
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from tokenweight.flags import add_flags, flag, values_of
 
 from ..prepare import write_json_atomic
 from . import perplexity as ppl
@@ -33,28 +35,57 @@ class EvalError(ValueError):
     """Settings the eval cannot run with; the message names the fix."""
 
 
+WHAT, JUDGE, SIZE = (
+    "what to evaluate", "long-range tokens (LongPPL-style judge)", "size and settings",
+)
+
+
 @dataclass(frozen=True)
 class EvalConfig:
-    model: str
-    data: str
-    seq_len: int
-    out: str
-    tokenizer: str | None = None  # default: the model's directory
-    window: int | None = None  # short context; default seq_len // 8
-    scorer_url: str | None = None
-    scorer_model: str | None = None  # local judge; default: the model itself
-    score_window: int | None = None  # default: window
-    tasks: tuple[str, ...] = TASKS
-    items_per_bucket: int = 40
-    choices: int = 4
-    max_sequences: int = 256
-    batch_sequences: int = 16
-    key_gain: float = 2.0
-    key_min_logp: float = -2.0
-    seed: int = 0
-    device: str | None = None
-    dtype: str | None = None
-    progress: bool = True
+    model: str = flag(help="Hugging Face checkpoint directory", group=WHAT)
+    data: str = flag(
+        help='held-out .jsonl ({"text"} lines) or a prepared shards directory', group=WHAT
+    )
+    seq_len: int = flag(help="evaluation context in tokens", group=WHAT)
+    out: str = flag(help="JSON file to write", group=WHAT)
+    tokenizer: str | None = flag(
+        None, "tokenizer directory or tokenizer.json (default: --model)", group=WHAT
+    )
+    window: int | None = flag(
+        None,
+        "short (pre-extension) context: short-context perplexity reads each file's first "
+        "WINDOW tokens, and position/distance buckets double from it (default seq-len/8)",
+        group=WHAT,
+    )
+    scorer_url: str | None = flag(
+        None, "grpc://HOST:PORT of `tokenweight serve` hosting the judge", group=JUDGE
+    )
+    scorer_model: str | None = flag(
+        None, "judge checkpoint loaded here (default: --model itself)", group=JUDGE
+    )
+    score_window: int | None = flag(
+        None, "the judge's short window (default --window)", group=JUDGE
+    )
+    tasks: tuple[str, ...] = flag(
+        TASKS, "synthetic retrieval tasks (default: all)", group=SIZE, nargs="+", choices=TASKS
+    )
+    items_per_bucket: int = flag(40, "synthetic items per task and distance bucket", group=SIZE)
+    choices: int = flag(4, "candidates per item (chance = 1/choices)", group=SIZE)
+    max_sequences: int = flag(256, "held-out sequences per perplexity metric", group=SIZE)
+    batch_sequences: int = flag(16, "sequences per engine call", group=SIZE)
+    key_gain: float = flag(2.0, "key token: logp_long - logp_short above this", group=JUDGE)
+    key_min_logp: float = flag(-2.0, "key token: logp_long above this", group=JUDGE)
+    seed: int = flag(0, "items, samples and bootstrap", group=SIZE)
+    device: str | None = flag(
+        None, "cpu, cuda or cuda:N (default: cuda if available)", group=SIZE
+    )
+    dtype: str | None = flag(
+        None,
+        "default: bf16 on CUDA, fp32 on CPU",
+        group=SIZE,
+        choices=["float32", "bfloat16", "float16"],
+    )
+    progress: bool = flag(True, "progress bar", group=SIZE)
 
     @property
     def short_window(self) -> int:
@@ -62,65 +93,7 @@ class EvalConfig:
 
 
 def add_arguments(parser) -> None:
-    import argparse
-
-    g = parser.add_argument_group("what to evaluate")
-    g.add_argument("--model", required=True, help="Hugging Face checkpoint directory")
-    g.add_argument("--tokenizer", help="tokenizer directory or tokenizer.json (default: --model)")
-    g.add_argument(
-        "--data",
-        required=True,
-        help='held-out .jsonl ({"text"} lines) or a prepared shards directory',
-    )
-    g.add_argument("--seq-len", type=int, required=True, help="evaluation context in tokens")
-    g.add_argument(
-        "--window",
-        type=int,
-        help="short (pre-extension) context: short-context perplexity reads each file's first "
-        "WINDOW tokens, and position/distance buckets double from it (default seq-len/8)",
-    )
-    g.add_argument("--out", required=True, help="JSON file to write")
-    g = parser.add_argument_group("long-range tokens (LongPPL-style judge)")
-    g.add_argument("--scorer-url", help="grpc://HOST:PORT of `tokenweight serve` hosting the judge")
-    g.add_argument("--scorer-model", help="judge checkpoint loaded here (default: --model itself)")
-    g.add_argument("--score-window", type=int, help="the judge's short window (default --window)")
-    g.add_argument(
-        "--key-gain",
-        type=float,
-        default=2.0,
-        help="key token: logp_long - logp_short above this (default 2)",
-    )
-    g.add_argument(
-        "--key-min-logp",
-        type=float,
-        default=-2.0,
-        help="key token: logp_long above this (default -2)",
-    )
-    g = parser.add_argument_group("size and settings")
-    g.add_argument(
-        "--tasks", nargs="+", choices=TASKS, default=list(TASKS), help="synthetic retrieval tasks"
-    )
-    g.add_argument(
-        "--items-per-bucket",
-        type=int,
-        default=40,
-        help="synthetic items per task and distance bucket",
-    )
-    g.add_argument(
-        "--choices", type=int, default=4, help="candidates per item (chance = 1/choices)"
-    )
-    g.add_argument(
-        "--max-sequences", type=int, default=256, help="held-out sequences per perplexity metric"
-    )
-    g.add_argument("--batch-sequences", type=int, default=16, help="sequences per engine call")
-    g.add_argument("--seed", type=int, default=0, help="items, samples and bootstrap")
-    g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
-    g.add_argument(
-        "--dtype",
-        choices=["float32", "bfloat16", "float16"],
-        help="default: bf16 on CUDA, fp32 on CPU",
-    )
-    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    add_flags(parser, EvalConfig)
 
 
 def run(args) -> int:
@@ -128,7 +101,7 @@ def run(args) -> int:
 
     from ..prepare import PrepareError
 
-    values = {f.name: getattr(args, f.name) for f in fields(EvalConfig)}
+    values = values_of(args, EvalConfig)
     config = EvalConfig(**{**values, "tasks": tuple(values["tasks"])})
     try:
         result = evaluate(config)
