@@ -144,6 +144,7 @@ def paired_bca(
         return _degenerate(value, n)
     with warnings.catch_warnings():
         warnings.simplefilter("error", DegenerateDataWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)  # 0/0 acceleration: caught below
         try:
             res = bootstrap(
                 arrays,
