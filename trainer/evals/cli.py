@@ -249,7 +249,13 @@ def evaluate(cfg: EvalConfig) -> dict:
                 cfg.choices,
                 cfg.seed,
             )
-            items += idrecall_items(files, id_cfg, codec)
+            found = idrecall_items(files, id_cfg, codec)
+            if not found:
+                raise EvalError(
+                    "no idrecall item in the held-out files: give more or longer files, or "
+                    "lower --id-min-distance / --id-absent"
+                )
+            items += found
         else:
             items += generate(task, task_cfg, codec, filler)
 
