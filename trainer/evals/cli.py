@@ -22,7 +22,13 @@ from . import perplexity as ppl
 from .filler import Filler, code_blocks
 from .heldout import HeldOutError, load_heldout
 from .identifiers import long_range_repeats
-from .idrecall import IdRecallConfig, SourceFile, id_loss_records, id_loss_summary, idrecall_items
+from .idrecall import (
+    IdRecallConfig,
+    id_loss_records,
+    id_loss_summary,
+    idrecall_items,
+    source_files,
+)
 from .retrieval import accuracy_summary, answer_items, label_buckets
 from .stats import doubling_edges
 from .tasks import TASKS, Codec, TaskConfig, TaskError, generate
@@ -236,7 +242,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         kv_shared=cfg.kv_shared,
         seed=cfg.seed,
     )
-    files = _source_files(heldout)
+    files = source_files(heldout)
     items = []
     for task in cfg.tasks:
         if task == "idrecall":
@@ -360,15 +366,6 @@ def _check(cfg: EvalConfig) -> None:
             raise EvalError(f"{flag} must be in [1, --seq-len), got {value}")
     if cfg.scorer_url and cfg.scorer_model:
         raise EvalError("give the judge as --scorer-url or as --scorer-model, not both")
-
-
-def _source_files(heldout) -> list[SourceFile]:
-    return [
-        SourceFile(fid, text, ids, offsets)
-        for fid, text, ids, offsets in zip(
-            heldout.long_ids, heldout.long_texts, heldout.long, heldout.long_offsets
-        )
-    ]
 
 
 def _batched(fn, sequences: list, size: int, bar) -> list:

@@ -41,6 +41,16 @@ class IdRecallConfig:
     seed: int = 0
 
 
+def source_files(heldout) -> list[SourceFile]:
+    """The long held-out sequences with their text (file units only)."""
+    return [
+        SourceFile(fid, text, ids, offsets)
+        for fid, text, ids, offsets in zip(
+            heldout.long_ids, heldout.long_texts, heldout.long, heldout.long_offsets
+        )
+    ]
+
+
 def idrecall_items(files: list[SourceFile], cfg: IdRecallConfig, codec: Codec) -> list[Item]:
     """At most `per_file` items per file and `items_per_bucket` per distance bucket, drawn by
     the seed; in bucket order, then by id."""
