@@ -111,7 +111,9 @@ def test_an_oracle_gets_every_item_and_ignorance_gets_chance(setup):
     uniform = lambda sequences: [np.full(len(s) - 1, -3.0) for s in sequences]
     records = answer_items(items, uniform)
     assert all(r["credit"] == 0.25 for r in records)
-    assert all(r["file"] == it.file and r["position"] == len(it.prompt) for r, it in zip(records, items))
+    assert all(
+        r["file"] == it.file and r["position"] == len(it.prompt) for r, it in zip(records, items)
+    )
 
 
 def test_id_loss_sums_the_occurrence_log_probs(setup):
