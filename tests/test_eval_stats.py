@@ -9,10 +9,11 @@ import pytest
 
 from tokenweight.trainer.evals.stats import (
     align,
+    cluster_sums,
     hierarchical_bootstrap,
     holm,
     mean_stat,
-    nll_stat,
+    ratio_stat,
     paired_bca,
     summarize,
     verdict,
@@ -63,7 +64,7 @@ def test_paired_bca_of_a_ratio_statistic_matches_its_point_value():
     n_tokens = rng.integers(1, 5, 200).astype(float)
     ce_b = rng.gamma(2.0, 1.0, 200) * n_tokens
     ce_a = ce_b - 0.3 * n_tokens + rng.normal(0, 0.2, 200)
-    res = paired_bca(nll_stat, [ce_a, n_tokens], [ce_b, n_tokens])
+    res = paired_bca(ratio_stat, [ce_a, n_tokens], [ce_b, n_tokens])
     assert res["value"] == pytest.approx(ce_a.sum() / n_tokens.sum() - ce_b.sum() / n_tokens.sum())
     assert res["ci"][0] < res["value"] < res["ci"][1] < 0 and res["p"] < 0.01
 
@@ -129,3 +130,22 @@ def test_align_pairs_records_by_id():
     assert [r["v"] for r in left] == [1, 3] and [r["v"] for r in right] == [10, 30]
     with pytest.raises(ValueError, match="twice"):
         align(a, [*b, {"id": "x", "v": 11}])
+
+
+def test_cluster_sums_resample_files_not_their_correlated_items():
+    rng = np.random.default_rng(3)
+    records_a, records_b = [], []
+    for f in range(40):
+        shift = rng.normal(0, 1.0)  # a file's items move together
+        for i in range(int(rng.integers(5, 30))):
+            nll = rng.gamma(2.0, 1.0)
+            records_a.append({"id": f"{f}/{i}", "file": f"f{f}", "nll": nll + shift, "tokens": 1})
+            records_b.append({"id": f"{f}/{i}", "file": f"f{f}", "nll": nll, "tokens": 1})
+    ca, cb = cluster_sums(records_a, ("nll", "tokens")), cluster_sums(records_b, ("nll", "tokens"))
+    assert len(ca) == 40 and sum(c["items"] for c in ca) == len(records_a)
+    assert ca[0]["nll"] == pytest.approx(sum(r["nll"] for r in records_a if r["file"] == "f0"))
+    pick = lambda rs: [np.array([r["nll"] for r in rs]), np.array([r["tokens"] for r in rs])]
+    items = paired_bca(ratio_stat, pick(records_a), pick(records_b))
+    files = paired_bca(ratio_stat, pick(ca), pick(cb))
+    assert files["value"] == pytest.approx(items["value"])
+    assert files["ci"][1] - files["ci"][0] > 2 * (items["ci"][1] - items["ci"][0])

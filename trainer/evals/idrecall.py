@@ -18,7 +18,7 @@ import numpy as np
 
 from .identifiers import identifier_spans, repeat_sites
 from .records import site_id
-from .stats import bucket_index, bucket_labels, nll_stat, summarize
+from .stats import bucket_index, bucket_labels, ratio_stat, summarize
 from .tasks import Codec, Item
 
 
@@ -58,13 +58,14 @@ def idrecall_items(files: list[SourceFile], cfg: IdRecallConfig, codec: Codec) -
     for f in files:
         rng = random.Random(f"{cfg.seed}/idrecall/{f.id}")
         sites = repeat_sites(f.text, f.offsets, cfg.min_distance, cfg.absent)
+        spans = identifier_spans(f.text)
         rng.shuffle(sites)
         made = 0
         for site in sites:
             if made == cfg.per_file:
                 break
             bucket = int(bucket_index([site.distance], list(cfg.edges))[0])
-            if bucket < 0 or (item := _item(f, site, bucket, rng, cfg, codec)) is None:
+            if bucket < 0 or (item := _item(f, spans, site, bucket, rng, cfg, codec)) is None:
                 continue
             by_bucket.setdefault(bucket, []).append(item)
             made += 1
@@ -78,12 +79,12 @@ def idrecall_items(files: list[SourceFile], cfg: IdRecallConfig, codec: Codec) -
     return items
 
 
-def _item(f: SourceFile, site, bucket: int, rng, cfg: IdRecallConfig, codec: Codec):
+def _item(f: SourceFile, spans, site, bucket: int, rng, cfg: IdRecallConfig, codec: Codec):
     answer = f.ids[site.start : site.end]
     if not np.array_equal(codec.ids(site.prefix + site.name), answer):
         return None  # the name tokenizes differently on its own: no fair stand-in exists
     cut = f.offsets[site.start][0]
-    seen = sorted({name for name, lo, _ in identifier_spans(f.text[:cut]) if name != site.name})
+    seen = sorted({name for name, _, hi in spans if hi <= cut and name != site.name})
     same_length = [n for n in seen if len(codec.ids(site.prefix + n)) == len(answer)]
     if len(same_length) < cfg.choices - 1:
         return None
@@ -146,11 +147,14 @@ def id_loss_summary(records: list[dict], edges: list[int], seed: int = 0) -> dic
     tokens = np.asarray([r["tokens"] for r in records], dtype=np.float64)
     buckets = bucket_index([r["distance"] for r in records], edges)
     by_distance = [
-        {"bucket": label, **summarize(nll_stat, nll[buckets == b], tokens[buckets == b], seed=seed)}
+        {
+            "bucket": label,
+            **summarize(ratio_stat, nll[buckets == b], tokens[buckets == b], seed=seed),
+        }
         for b, label in enumerate(bucket_labels(edges))
     ]
     return {
-        **summarize(nll_stat, nll, tokens, seed=seed),
+        **summarize(ratio_stat, nll, tokens, seed=seed),
         "tokens": int(tokens.sum()),
         "by_distance": by_distance,
     }

@@ -47,7 +47,10 @@ New options (EvalConfig field = flag; defaults keep `tokenweight-eval-1` behavio
 Judge-dependent LongPPL stays as before (the judge is `--scorer-model` or `--scorer-url`).
 
 Statistics for the report (trainer/evals/stats.py; `stat` is `mean_stat` for credits,
-`nll_stat(nll, tokens)` for losses, `ppl_stat(ce, n)` for perplexities):
+`ratio_stat(nll, tokens)` for losses, `ppl_stat(ce, n)` for perplexities):
+- `cluster_sums(records, ("nll", "tokens"))` or `(..., ("credit",))`: one record per file
+  (`id` = file id, the sums and `items`), for resampling files rather than the correlated
+  occurrences within a file (`ratio_stat(credit, items)` is then the accuracy);
 - `wilson(successes, n)` -> `{value, ci, items}`;
 - `paired_bca(stat, [a arrays], [b arrays])` -> `{value, ci, items, p}`: arm A minus arm B on
   the same items (pair them first with `align(records_a, records_b)`, by `id`), BCa bootstrap;
