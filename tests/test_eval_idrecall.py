@@ -120,7 +120,7 @@ def test_id_loss_sums_the_occurrence_log_probs(setup):
     tok, _, files = setup
     rng = np.random.default_rng(0)
     logps = [-rng.uniform(0, 5, len(f.ids) - 1) for f in files]
-    records = id_loss_records(files, logps, WINDOW, list(EDGES))
+    records = id_loss_records(files, logps, WINDOW)
     assert len(records) >= 50
     by_id = {f.id: (f, lp) for f, lp in zip(files, logps)}
     for r in records[:: max(1, len(records) // 60)]:

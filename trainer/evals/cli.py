@@ -278,7 +278,7 @@ def evaluate(cfg: EvalConfig) -> dict:
             raise EvalError(f"{exc} (is --tokenizer the model's tokenizer?)") from None
 
     label_buckets(records, edges)
-    id_loss = id_loss_records(files, model_logps, window, edges)
+    id_loss = id_loss_records(files, model_logps, window)
     keys = ppl.KeyTokens(cfg.key_gain, cfg.key_min_logp)
     masks = [keys.mask(ll, ls) for ll, ls in contrast]
     pos_ce, pos_n = ppl.position_sums(model_logps, edges)

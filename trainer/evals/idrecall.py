@@ -106,25 +106,20 @@ def _item(f: SourceFile, spans, site, bucket: int, rng, cfg: IdRecallConfig, cod
     )
 
 
-def id_loss_records(
-    files: list[SourceFile], logps: list[np.ndarray], window: int, edges: list[int]
-) -> list[dict]:
+def id_loss_records(files: list[SourceFile], logps: list[np.ndarray], window: int) -> list[dict]:
     """One record per identifier occurrence whose name was seen before but not in the last
     `window` tokens: the model's summed NLL of its tokens (`logps` are target-aligned: entry
     j scores token j + 1)."""
     records = []
-    labels = bucket_labels(edges)
     for f, lp in zip(files, logps):
         for site in repeat_sites(f.text, f.offsets, window, window):
             nll = -float(lp[site.start - 1 : site.end - 1].sum(dtype=np.float64))
-            bucket = int(bucket_index([site.start - site.previous], edges)[0])
             records.append(
                 {
                     "id": site_id("idloss", f.id, site.start),
                     "file": f.id,
                     "position": site.start,
                     "distance": site.start - site.previous,
-                    "bucket": labels[bucket] if bucket >= 0 else "",
                     "tokens": site.end - site.start,
                     "nll": round(nll, 4),
                 }
