@@ -62,7 +62,7 @@ class EvalConfig:
     kv_pairs: int = 32  # `key = value` lines of the kv task
     kv_shared: int = 0  # leading letters of the 3-letter key suffix that all keys share
     id_min_distance: int | None = None  # idrecall: first sighting this far back; default window
-    id_absent: int | None = None  # idrecall: name absent from this many last tokens; default window
+    id_absent: int | None = None  # idrecall: name absent from this many last tokens; def. window
     id_per_file: int = 8  # idrecall items per held-out file at most
     max_sequences: int = 256
     short_files: int | None = None  # files in the short-context metric; default max_sequences
@@ -338,7 +338,8 @@ def headline(result: dict) -> str:
     return (
         f"ppl {p['by_position']['overall']['value']:.3f}, long-range ppl {p['long_range']['value']:.3f} "
         f"({p['long_range']['key_fraction']:.1%} of tokens), short-context ppl "
-        f"{p['short_context']['value']:.3f}; {far}retrieval accuracy: {acc}; {result['elapsed_s']:.1f} s"
+        f"{p['short_context']['value']:.3f}; {far}retrieval accuracy: {acc}; "
+        f"{result['elapsed_s']:.1f} s"
     )
 
 
