@@ -116,6 +116,7 @@ def test_kv_lines_share_one_form_and_keys_differ_by_one_letter(setup):
     [
         ({"passkey_differ": 0}, "--passkey-differ"),
         ({"passkey_distractors": -1}, "--passkey-distractors"),
+        ({"passkey_distractors": 41, "passkey_differ": 1}, "--passkey-distractors"),
         ({"kv_shared": 3}, "--kv-shared"),
         ({"kv_pairs": 24, "kv_shared": 2}, "--kv-pairs"),
     ],
