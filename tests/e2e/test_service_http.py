@@ -1,5 +1,7 @@
 """The HTTP front end: real uvicorn in the server's event loop, on a loopback port."""
 
+import re
+
 import msgpack
 import numpy as np
 import pytest
@@ -68,6 +70,21 @@ def test_scorers_health_and_openapi(http):
     assert {"/v1/score", "/v1/scorers", "/healthz", "/readyz", "/metrics"} <= set(schema["paths"])
     assert MSGPACK in schema["paths"]["/v1/score"]["post"]["requestBody"]["content"]
     assert http.get("/docs").status_code == 200
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_pages_load_every_asset_from_the_process(http, page):
+    """GPU clusters often have no internet: every script, stylesheet and icon the page loads
+    is a path on this server, and the server answers it."""
+    html = http.get(page).text
+    assets = re.findall(r'(?:src|href)\s*=\s*["\']([^"\']+)["\']', html)
+    assets += re.findall(r"url:\s*'([^']+)'", html)  # the OpenAPI document Swagger UI fetches
+    assert any(a.endswith(".js") for a in assets), html
+    for asset in assets:
+        assert asset.startswith("/"), f"{page} loads {asset} from outside the process"
+        response = http.get(asset)
+        assert response.status_code == 200, asset
+        assert response.content, asset
 
 
 BAD = {
