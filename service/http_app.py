@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi_offline import FastAPIOffline
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
@@ -132,7 +133,9 @@ async def _validation_error(request, exc):
 
 
 def create_app(service: ScoringService, config: ServerConfig, metrics: Metrics) -> FastAPI:
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from this process (the assets
+    # ship in the fastapi-offline package), not from a CDN that a GPU cluster cannot reach.
+    app = FastAPIOffline(
         title="tokenweight scorer",
         version=tokenweight.__version__,
         description="Per-token long- vs short-context log-probabilities (same engine as gRPC).",

@@ -221,6 +221,9 @@ async def page_scored(request: Request):
     state = request.app.state
     raw = (await read_body(request)).decode("utf-8", "replace")
     form = {k: v[-1] for k, v in parse_qs(raw).items()}
+    # Browsers submit a textarea's line breaks as CRLF (HTML form submission); the user typed
+    # or pasted LF. Scoring the CRLF text would score other tokens than the API and the CLI do.
+    form["text"] = form.get("text", "").replace("\r\n", "\n").replace("\r", "\n")
     try:
         if state.token:
             state.token.check_token(form.get("token", ""))

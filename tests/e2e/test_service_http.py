@@ -1,5 +1,8 @@
 """The HTTP front end: real uvicorn in the server's event loop, on a loopback port."""
 
+import re
+from urllib.parse import urlencode
+
 import msgpack
 import numpy as np
 import pytest
@@ -70,6 +73,21 @@ def test_scorers_health_and_openapi(http):
     assert http.get("/docs").status_code == 200
 
 
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_pages_load_every_asset_from_the_process(http, page):
+    """GPU clusters often have no internet: every script, stylesheet and icon the page loads
+    is a path on this server, and the server answers it."""
+    html = http.get(page).text
+    assets = re.findall(r'(?:src|href)\s*=\s*["\']([^"\']+)["\']', html)
+    assets += re.findall(r"url:\s*'([^']+)'", html)  # the OpenAPI document Swagger UI fetches
+    assert any(a.endswith(".js") for a in assets), html
+    for asset in assets:
+        assert asset.startswith("/"), f"{page} loads {asset} from outside the process"
+        response = http.get(asset)
+        assert response.status_code == 200, asset
+        assert response.content, asset
+
+
 BAD = {
     "unknown scorer": ({"scorer": "nope", "token_ids": [[1, 2]]}, 404, "unknown scorer 'nope'"),
     "out-of-vocabulary id": ({"token_ids": [[1, 300]]}, 400, "outside the vocabulary"),
@@ -98,6 +116,19 @@ def test_malformed_bodies(http):
     assert response.status_code == 400 and "not valid msgpack" in response.json()["error"]
     response = http.get("/v1/nothing")
     assert response.status_code == 404 and response.json() == {"error": "Not Found"}
+
+
+def test_analysis_page_scores_the_text_as_typed_not_as_the_browser_sends_it(http):
+    """A browser sends the textarea's LF line breaks as CRLF; the page must score what the user
+    pasted, the same tokens and scores as the API (and the CLI) give for that text."""
+    text = "def f(x):\n    return x\n\n\nprint(f(1))\n"
+    api = http.post("/v1/score", json={"text": text}).json()["results"][0]
+    sent = urlencode({"text": text.replace("\n", "\r\n")})
+    page = http.post("/", content=sent, headers={"content-type": "application/x-www-form-urlencoded"})
+    assert page.status_code == 200
+    assert f"{len(api['token_ids'])} tokens" in page.text
+    assert f"max {max(api['score']):.4f}" in page.text
+    assert "\r" not in page.text
 
 
 def test_oversized_body_is_413(tiny_scorers):
