@@ -9,6 +9,10 @@ from importlib import resources
 from string import Template
 
 _TEMPLATE = Template(resources.files(__package__).joinpath("static/analysis.html").read_text())
+# The page's <style> element, for other pages that draw the same heatmaps and histograms.
+STYLE = _TEMPLATE.template[
+    _TEMPLATE.template.index("<style>") : _TEMPLATE.template.index("</style>") + len("</style>")
+]
 BINS = 20
 
 
@@ -40,18 +44,14 @@ def _result(result: dict) -> str:
     for i, token in enumerate(item["tokens"] or [str(t) for t in item["token_ids"]]):
         if i == 0:
             tip = f"token 0 (id {item['token_ids'][0]}): no prediction, it starts the sequence"
-            spans.append(f'<span class="tok first" data-tip="{escape(tip)}">{escape(token)}</span>')
+            spans.append(token_span(token, tip, first=True))
             continue
         s, long, short = scores[i - 1], item["logp_long"][i - 1], item["logp_short"][i - 1]
         tip = (
             f"token {i} (id {item['token_ids'][i]})\nscore      {s:.4f}\n"
             f"logp_long  {long:.4f}\nlogp_short {short:.4f}"
         )
-        alpha = min(1.0, s / top)
-        spans.append(
-            f'<span class="tok" style="background: rgba(230, 80, 0, {alpha:.3f})" '
-            f'data-tip="{escape(tip)}">{escape(token)}</span>'
-        )
+        spans.append(token_span(token, tip, min(1.0, s / top)))
     mean = sum(scores) / len(scores) if scores else 0.0
     meta = (
         f"scorer {escape(result['scorer'])} · window {result['window']} · stride {result['stride']} · "
@@ -60,11 +60,24 @@ def _result(result: dict) -> str:
     )
     return (
         f'<h2>Tokens</h2><p class="meta">{meta}</p><div class="tokens">{"".join(spans)}</div>'
-        f"<h2>Score histogram</h2>{_histogram(scores)}"
+        f"<h2>Score histogram</h2>{histogram(scores)}"
     )
 
 
-def _histogram(scores: list[float], width: int = 640, height: int = 160) -> str:
+def token_span(token: str, tip: str, alpha: float = 0.0, first: bool = False) -> str:
+    """One token of a heatmap: background opacity `alpha` (0..1), `tip` shown on hover."""
+    if first:
+        return f'<span class="tok first" data-tip="{escape(tip)}">{escape(token)}</span>'
+    return (
+        f'<span class="tok" style="background: rgba(230, 80, 0, {alpha:.3f})" '
+        f'data-tip="{escape(tip)}">{escape(token)}</span>'
+    )
+
+
+def histogram(
+    scores: list[float], width: int = 640, height: int = 160, unit: str = "tokens"
+) -> str:
+    """An SVG histogram of non-negative values in BINS bins from 0 to their maximum."""
     if not scores:
         return '<p class="meta">No targets: the text has fewer than two tokens.</p>'
     top = max(scores) or 1.0
@@ -79,7 +92,7 @@ def _histogram(scores: list[float], width: int = 640, height: int = 160) -> str:
         lo, hi = top * b / BINS, top * (b + 1) / BINS
         bars.append(
             f'<rect x="{b * bar:.1f}" y="{height - 20 - h:.1f}" width="{bar - 2:.1f}" height="{h:.1f}" '
-            f'fill="#e65000"><title>{lo:.3f}–{hi:.3f}: {count} tokens</title></rect>'
+            f'fill="#e65000"><title>{lo:.3f}–{hi:.3f}: {count} {unit}</title></rect>'
         )
     return (
         f'<svg width="{width}" height="{height}" role="img" aria-label="histogram of scores">'
