@@ -28,13 +28,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy.stats import spearmanr
-
-from tokenweight.bundled import default_model
 from tokenweight.trainer.evals.identifiers import long_range_repeats
 from tokenweight.trainer.prepare import load_tokenizer
 from tokenweight.trainer.selection.documents import DocumentInput
 from tokenweight.trainer.selection.rank import rank
 from tokenweight.trainer.selection.scoring import LocalScorer
+
+from tokenweight.bundled import default_model
 
 STATISTICS = ("score", "context_gain", "key_density")
 
@@ -97,12 +97,20 @@ def main() -> int:
         "correlations": correlations,
         "repeat_density_median": float(np.median(density)),
         "top20": [_inspect(rows[i], density[i], records[i]["text"], tok) for i in order[:20]],
-        "top20_repetition_share_median": float(np.median([rows[i]["repetition_share"] for i in order[:20]])),
-        "all_repetition_share_median": float(np.median([rows[i]["repetition_share"] for i in ranked])),
+        "top20_repetition_share_median": float(
+            np.median([rows[i]["repetition_share"] for i in order[:20]])
+        ),
+        "all_repetition_share_median": float(
+            np.median([rows[i]["repetition_share"] for i in ranked])
+        ),
         "bottom5": [_inspect(rows[i], density[i], records[i]["text"], tok) for i in order[-5:]],
     }
     Path(args.out).write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
-    print(json.dumps({k: result[k] for k in ("files", "ranked", "rank_seconds", "correlations")}, indent=1))
+    print(
+        json.dumps(
+            {k: result[k] for k in ("files", "ranked", "rank_seconds", "correlations")}, indent=1
+        )
+    )
     return 0
 
 

@@ -46,8 +46,7 @@ def long_range_document(seed: int) -> str:
     body = "def main(root):\n    results = []\n"
     for i, (a, b) in enumerate(names):
         body += (
-            f"    item_{i} = {a}_{b}(root)\n"
-            f"    results.append({a.title()}{b.title()}(item_{i}))\n"
+            f"    item_{i} = {a}_{b}(root)\n    results.append({a.title()}{b.title()}(item_{i}))\n"
         )
     return head + _filler(rng, 9) + body + "    return results\n"
 

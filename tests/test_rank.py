@@ -3,7 +3,6 @@ documents, the statistics against a brute-force computation from `tokenweight sc
 documents in pieces, no-target rows, a resume after SIGKILL, and the page."""
 
 import json
-import math
 import os
 import signal
 import subprocess
@@ -12,15 +11,15 @@ import time
 
 import numpy as np
 import pytest
-
 from rank_docs import local_document, long_range_document, repetition_document, synthetic_documents
-from tokenweight.bundled import MODEL_DIR
-from tokenweight.cli import main
 from tokenweight.trainer.prepare import load_tokenizer
 from tokenweight.trainer.selection import page
 from tokenweight.trainer.selection.documents import DocumentInput
 from tokenweight.trainer.selection.rank import RankConfig, RankError, rank
 from tokenweight.trainer.selection.scoring import LocalScorer, ScoringError
+
+from tokenweight.bundled import MODEL_DIR
+from tokenweight.cli import main
 
 WINDOW = 512
 
@@ -33,7 +32,12 @@ def scorer():
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     path = tmp_path_factory.mktemp("synthetic") / "docs.jsonl"
-    path.write_text("".join(json.dumps({"text": t, "id": f"{k}-{i}"}) + "\n" for i, (k, t) in enumerate(synthetic_documents())))
+    path.write_text(
+        "".join(
+            json.dumps({"text": t, "id": f"{k}-{i}"}) + "\n"
+            for i, (k, t) in enumerate(synthetic_documents())
+        )
+    )
     return path
 
 
@@ -87,7 +91,22 @@ def test_statistics_equal_brute_force_from_score_output(tmp_path, scorer, capsys
     docs = [tok.encode_documents([t])[0].tolist() for t in texts] + [[], [5]]
     lines = tmp_path / "ids.jsonl"
     lines.write_text("".join(json.dumps({"token_ids": ids}) + "\n" for ids in docs))
-    assert main(["score", "--input", str(lines), "--window", str(WINDOW), "--device", "cpu", "--dtype", "float32"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--input",
+                str(lines),
+                "--window",
+                str(WINDOW),
+                "--device",
+                "cpu",
+                "--dtype",
+                "float32",
+            ]
+        )
+        == 0
+    )
     scored = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
 
     out = tmp_path / "rank.jsonl"
@@ -113,14 +132,21 @@ def test_statistics_equal_brute_force_from_score_output(tmp_path, scorer, capsys
 def test_long_documents_are_split_into_overlapping_pieces(tmp_path):
     scorer = LocalScorer(MODEL_DIR, window=WINDOW, device="cpu", dtype="float32")
     scorer.max_length = 1024  # as if the scorer accepted 1024 tokens
-    ids = load_tokenizer(MODEL_DIR).encode_documents([long_range_document(3) + long_range_document(4)])[0]
+    ids = load_tokenizer(MODEL_DIR).encode_documents(
+        [long_range_document(3) + long_range_document(4)]
+    )[0]
     assert ids.size > 2000
     lines = tmp_path / "ids.jsonl"
     lines.write_text(json.dumps({"token_ids": ids.tolist()}) + "\n")
 
     with pytest.raises(ScoringError, match="accepts at most 1024.*--long-docs split"):
-        rank(DocumentInput([str(lines)]), scorer, tmp_path / "refused.jsonl",
-             RankConfig(long_docs="refuse"), progress=False)
+        rank(
+            DocumentInput([str(lines)]),
+            scorer,
+            tmp_path / "refused.jsonl",
+            RankConfig(long_docs="refuse"),
+            progress=False,
+        )
 
     out = tmp_path / "split.jsonl"
     rank(DocumentInput([str(lines)]), scorer, out, RankConfig(overlap=512), progress=False)
@@ -149,14 +175,30 @@ def test_resume_refuses_other_settings(ranked, synthetic):
 
 
 def _rank_cli(docs, out):
-    argv = [sys.executable, "-m", "tokenweight.cli", "rank", "--input", str(docs), "--out", str(out),
-            "--device", "cpu", "--dtype", "float32", "--batch-size", "1"]
+    argv = [
+        sys.executable,
+        "-m",
+        "tokenweight.cli",
+        "rank",
+        "--input",
+        str(docs),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--batch-size",
+        "1",
+    ]
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def test_resume_after_kill_gives_the_same_table(tmp_path):
     docs = tmp_path / "docs.jsonl"
-    docs.write_text("".join(json.dumps({"text": local_document(s, functions=9)}) + "\n" for s in range(6)))
+    docs.write_text(
+        "".join(json.dumps({"text": local_document(s, functions=9)}) + "\n" for s in range(6))
+    )
     whole = tmp_path / "whole.jsonl"
     assert _rank_cli(docs, whole).wait(timeout=300) == 0
 
@@ -185,13 +227,18 @@ def test_page_shows_the_ranking(ranked, tmp_path):
     worst = min(rows, key=lambda r: r["score"])
     assert html.index(best["doc"]) < html.index("Bottom documents") < html.index(worst["doc"])
     assert html.count("<svg") == len(page.STATISTICS)
-    assert ">def</span>" in html and "<span class=\"tok\" style=\"background: rgba(230, 80, 0, 1.000)\"" in html
+    assert (
+        ">def</span>" in html
+        and '<span class="tok" style="background: rgba(230, 80, 0, 1.000)"' in html
+    )
     assert "<script" not in html
 
 
 def test_rank_command_errors_are_clear(tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "a"}\n{"tokens": [1]}\n')
-    code = main(["rank", "--input", str(bad), "--out", str(tmp_path / "o.jsonl"), "--device", "cpu"])
+    code = main(
+        ["rank", "--input", str(bad), "--out", str(tmp_path / "o.jsonl"), "--device", "cpu"]
+    )
     assert code == 1
     assert f"{bad}:2: needs exactly one of" in capsys.readouterr().err

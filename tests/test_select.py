@@ -6,16 +6,16 @@ from collections import Counter
 
 import numpy as np
 import pytest
-
 from rank_docs import synthetic_documents
-from tokenweight.bundled import MODEL_DIR
-from tokenweight.cli import main
 from tokenweight.trainer.data import RankBatches, TokenShards
 from tokenweight.trainer.prepare import load_tokenizer, prepare
 from tokenweight.trainer.selection.documents import DocumentInput
 from tokenweight.trainer.selection.rank import rank
 from tokenweight.trainer.selection.scoring import LocalScorer
 from tokenweight.trainer.selection.select import SelectConfig, SelectError, allocate, choose, strata
+
+from tokenweight.bundled import MODEL_DIR
+from tokenweight.cli import main
 
 
 def _rows(n: int, seed: int) -> list[dict]:
@@ -26,8 +26,16 @@ def _rows(n: int, seed: int) -> list[dict]:
         source = rng.choice(["pkg_a", "pkg_b", "pkg_c"], p=[0.6, 0.3, 0.1])
         length = int(rng.choice([600, 2000, 9000]) * rng.uniform(0.8, 1.25))
         status = "ok" if rng.random() > 0.05 else "no_long_targets"
-        rows.append({"index": i, "doc": f"{source}/m{i}.py", "source": None, "length": length,
-                     "status": status, "score": float(rng.gamma(2.0)) if status == "ok" else None})
+        rows.append(
+            {
+                "index": i,
+                "doc": f"{source}/m{i}.py",
+                "source": None,
+                "length": length,
+                "status": status,
+                "score": float(rng.gamma(2.0)) if status == "ok" else None,
+            }
+        )
     return rows
 
 
@@ -61,7 +69,11 @@ def test_stratified_selection_keeps_each_strata_share(by, fraction):
 
 
 def test_allocation_rounds_by_largest_remainder():
-    assert allocate({"a": 5, "b": 5, "c": 5}, 0.5) == {"a": 3, "b": 3, "c": 2}  # total round(7.5) = 8
+    assert allocate({"a": 5, "b": 5, "c": 5}, 0.5) == {
+        "a": 3,
+        "b": 3,
+        "c": 2,
+    }  # total round(7.5) = 8
     assert allocate({"a": 10, "b": 1}, 0.3) == {"a": 3, "b": 0}
 
 
@@ -78,10 +90,12 @@ def ranked_text(tmp_path_factory):
     """The synthetic documents as JSON lines with sources, ranked with the bundled model."""
     tmp = tmp_path_factory.mktemp("select")
     docs = tmp / "docs.jsonl"
-    docs.write_text("".join(
-        json.dumps({"text": text, "id": f"{kind}-{i}", "source": kind}) + "\n"
-        for i, (kind, text) in enumerate(synthetic_documents())
-    ))
+    docs.write_text(
+        "".join(
+            json.dumps({"text": text, "id": f"{kind}-{i}", "source": kind}) + "\n"
+            for i, (kind, text) in enumerate(synthetic_documents())
+        )
+    )
     scorer = LocalScorer(MODEL_DIR, window=512, device="cpu", dtype="float32")
     rank(DocumentInput([str(docs)], str(MODEL_DIR)), scorer, tmp / "rank.jsonl", progress=False)
     return docs, tmp / "rank.jsonl"
@@ -90,8 +104,19 @@ def ranked_text(tmp_path_factory):
 def test_select_writes_shards_the_trainer_reads(ranked_text, tmp_path):
     docs, table = ranked_text
     out = tmp_path / "sel"
-    argv = ["select", "--ranking", str(table), "--out", str(out), "--fraction", "0.34",
-            "--length-bins", "1", "--seq-len", "128"]
+    argv = [
+        "select",
+        "--ranking",
+        str(table),
+        "--out",
+        str(out),
+        "--fraction",
+        "0.34",
+        "--length-bins",
+        "1",
+        "--seq-len",
+        "128",
+    ]
     assert main(argv) == 0
     summary = json.loads((out / "selection.json").read_text())
     rows = [json.loads(line) for line in table.read_text().splitlines()]
@@ -107,7 +132,9 @@ def test_select_writes_shards_the_trainer_reads(ranked_text, tmp_path):
         assert summary["arms"][arm]["tokens"] == stream.size
         rows_written = stream.size // 128
         assert len(shards) == summary["arms"][arm]["rows"] == rows_written
-        assert np.array_equal(shards.take(np.arange(len(shards))).reshape(-1), stream[: rows_written * 128])
+        assert np.array_equal(
+            shards.take(np.arange(len(shards))).reshape(-1), stream[: rows_written * 128]
+        )
         assert shards.eos_token_id == tok.eos_id and shards.bos_token_id == tok.bos_id
         assert RankBatches(shards, batch_size=2).batch_at(0).tokens.shape == (2, 128)
 
@@ -115,8 +142,23 @@ def test_select_writes_shards_the_trainer_reads(ranked_text, tmp_path):
 def test_select_by_source_and_from_prepared_rows(ranked_text, tmp_path):
     docs, table = ranked_text
     out = tmp_path / "by-source"
-    summary_code = main(["select", "--ranking", str(table), "--out", str(out), "--fraction", "0.5",
-                         "--by", "length,source", "--length-bins", "1", "--seq-len", "64"])
+    summary_code = main(
+        [
+            "select",
+            "--ranking",
+            str(table),
+            "--out",
+            str(out),
+            "--fraction",
+            "0.5",
+            "--by",
+            "length,source",
+            "--length-bins",
+            "1",
+            "--seq-len",
+            "64",
+        ]
+    )
     assert summary_code == 0
     summary = json.loads((out / "selection.json").read_text())
     assert sorted(s["stratum"][1] for s in summary["strata"]) == ["local", "long", "repeat"]
@@ -128,7 +170,10 @@ def test_select_by_source_and_from_prepared_rows(ranked_text, tmp_path):
     rows_table = tmp_path / "rows.jsonl"
     rank(DocumentInput([str(data)]), scorer, rows_table, progress=False)
     picked = tmp_path / "rows-sel"
-    assert main(["select", "--ranking", str(rows_table), "--out", str(picked), "--fraction", "0.25"]) == 0
+    assert (
+        main(["select", "--ranking", str(rows_table), "--out", str(picked), "--fraction", "0.25"])
+        == 0
+    )
     chosen = json.loads((picked / "selection.json").read_text())["arms"]["top"]["indices"]
     source, top = TokenShards(data), TokenShards(picked / "top")
     assert top.seq_len == 256 and np.array_equal(top.take(np.arange(len(top))), source.take(chosen))

@@ -100,12 +100,14 @@ class DocumentInput:
                         record = json.loads(line)
                     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                         raise InputError(f"{where} is not valid UTF-8 JSON ({exc})") from None
-                    if not isinstance(record, dict) or ("text" in record) == ("token_ids" in record):
+                    if not isinstance(record, dict) or ("text" in record) == (
+                        "token_ids" in record
+                    ):
                         raise InputError(f'{where}: needs exactly one of "text" or "token_ids"')
                     yield record, where
 
     def _documents(self, batch: list[tuple[int, dict, str]]) -> list[Document]:
-        texts = [r["text"] for _, r, _ in batch if "text" in r and r["text"]]
+        texts = [r["text"] for _, r, _ in batch if r.get("text")]
         encoded = iter(self.tokenizer.encode_documents(texts) if texts else [])
         out = []
         for index, record, where in batch:

@@ -25,8 +25,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="the HTML file to write")
     parser.add_argument("--top", type=int, default=10, help="highest-scoring documents shown")
     parser.add_argument("--bottom", type=int, default=5, help="lowest-scoring documents shown")
-    parser.add_argument("--input", nargs="+", help="the ranked input (default: as the ranking records)")
-    parser.add_argument("--tokenizer", help="tokenizer to show tokens (default: as the ranking records)")
+    parser.add_argument(
+        "--input", nargs="+", help="the ranked input (default: as the ranking records)"
+    )
+    parser.add_argument(
+        "--tokenizer", help="tokenizer to show tokens (default: as the ranking records)"
+    )
 
 
 def run(args) -> int:
@@ -48,20 +52,26 @@ def render(ranking, top: int = 10, bottom: int = 5, inputs=None, tokenizer=None)
     shown = ranked[:top] + ranked[max(top, len(ranked) - bottom) :]
     tokens = _tokens_of({r["index"] for r in shown}, meta, inputs, tokenizer)
     decode = _decoder(tokenizer or meta["tokenizer"])
-    parts = [
-        f"<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>tokenweight — ranking {escape(str(ranking))}</title>{STYLE}</head><body>",
-        f"<h1>Ranking of {len(rows)} documents</h1>",
-        f'<p class="meta">scorer {escape(meta["scorer"])} · fingerprint {escape(meta["fingerprint"])}'
-        f" · window {meta['window']} · stride {meta['stride']} · {len(ranked)} ranked, "
+    settings = (
+        f"scorer {escape(meta['scorer'])} · fingerprint {escape(meta['fingerprint'])} · window "
+        f"{meta['window']} · stride {meta['stride']} · {len(ranked)} ranked, "
         f"{len(rows) - len(ranked)} without targets beyond the window · key token: gain &gt; "
         f"{meta['stats']['key_gain']} and logp_long &gt; {meta['stats']['key_logp']} · copy: "
-        f"{meta['stats']['copy_ngram']}-gram seen earlier</p>",
+        f"{meta['stats']['copy_ngram']}-gram seen earlier"
+    )
+    title = f"tokenweight — ranking {escape(str(ranking))}"
+    parts = [
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>',
+        f"{STYLE}</head><body><h1>Ranking of {len(rows)} documents</h1>",
+        f'<p class="meta">{settings}</p>',
     ]
     for name in STATISTICS:
         values = [r[name] for r in ranked]
         parts.append(f"<h2>{name}</h2>{histogram(values, unit='documents')}")
-    for title, group in (("Top documents", ranked[:top]), ("Bottom documents", shown[len(ranked[:top]) :])):
+    for title, group in (
+        ("Top documents", ranked[:top]),
+        ("Bottom documents", shown[len(ranked[:top]) :]),
+    ):
         parts.append(f"<h2>{title}</h2>")
         for row in group:
             parts.append(_document(row, tokens[row["index"]], decode))
@@ -98,7 +108,9 @@ def _document(row: dict, ids, decode) -> str:
 def _tokens_of(indices: set, meta: dict, inputs, tokenizer) -> dict:
     documents = DocumentInput(inputs or meta["input"], tokenizer or meta["tokenizer"])
     if documents.identity != meta["input_hash"]:
-        raise ValueError("the input is not what the ranking ranked; pass --input with the ranked files")
+        raise ValueError(
+            "the input is not what the ranking ranked; pass --input with the ranked files"
+        )
     return {d.index: d.token_ids for d in documents if d.index in indices}
 
 

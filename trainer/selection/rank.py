@@ -16,12 +16,12 @@ import json
 import os
 import sys
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .documents import Document, DocumentInput, InputError
+from .documents import Document, DocumentInput
 from .scoring import REFUSE, SPLIT, LocalScorer, RemoteScorer, ScoringError, piece_starts, stitch
 from .stats import StatsConfig, document_stats
 
@@ -34,7 +34,7 @@ class RankError(ValueError):
 
 @dataclass(frozen=True)
 class RankConfig:
-    stats: StatsConfig = StatsConfig()
+    stats: StatsConfig = field(default_factory=StatsConfig)
     batch_size: int = 8  # documents per scorer call; fixes the batches a resume repeats
     long_docs: str = SPLIT  # documents longer than the scorer accepts: split or refuse
     overlap: int | None = None  # tokens shared by consecutive pieces (default: half a piece)
@@ -48,13 +48,18 @@ class RankConfig:
 
 def add_arguments(parser) -> None:
     parser.add_argument(
-        "--input", required=True, nargs="+", metavar="FILE_OR_DIR",
+        "--input",
+        required=True,
+        nargs="+",
+        metavar="FILE_OR_DIR",
         help='a prepared dataset directory, or JSON lines files ({"text"} or {"token_ids"} per '
         'line, optional "id", "path", "source")',
     )
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--scorer-url", help="running scorers: grpc://HOST:PORT[,grpc://HOST2:PORT]")
-    where.add_argument("--model", help="score locally with this checkpoint (default: the bundled model)")
+    where.add_argument(
+        "--model", help="score locally with this checkpoint (default: the bundled model)"
+    )
     parser.add_argument("--out", required=True, help="the table, JSON lines (resumed if it exists)")
     parser.add_argument("--tokenizer", help="tokenizer for text lines (default: the local model's)")
     parser.add_argument("--short-model", help="separate short-context model (local mode)")
@@ -63,38 +68,66 @@ def add_arguments(parser) -> None:
     parser.add_argument("--stride", type=int, help="chunk stride s (default 3k/4)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (local mode)")
     parser.add_argument("--dtype", help="float32, bfloat16 or float16 (local mode)")
-    parser.add_argument("--batch-size", type=int, default=RankConfig.batch_size, help="documents per call")
+    parser.add_argument(
+        "--batch-size", type=int, default=RankConfig.batch_size, help="documents per call"
+    )
     parser.add_argument("--concurrency", type=int, help="requests in flight (default: 4 per URL)")
     parser.add_argument(
-        "--long-docs", choices=(SPLIT, REFUSE), default=SPLIT,
+        "--long-docs",
+        choices=(SPLIT, REFUSE),
+        default=SPLIT,
         help="documents longer than the scorer accepts: score in overlapping pieces, or stop "
         "with an error naming the document",
     )
     parser.add_argument(
-        "--overlap", type=int, help="tokens shared by consecutive pieces (>= window; default: half "
+        "--overlap",
+        type=int,
+        help="tokens shared by consecutive pieces (>= window; default: half "
         "the scorer's maximum length)",
     )
-    parser.add_argument("--key-gain", type=float, default=StatsConfig.key_gain,
-                        help="key token: gain above this many nats (LongPPL: 2)")
-    parser.add_argument("--key-logp", type=float, default=StatsConfig.key_logp,
-                        help="key token: logp_long above this (LongPPL: -2)")
-    parser.add_argument("--copy-ngram", type=int, default=StatsConfig.copy_ngram,
-                        help="a target repeating an earlier n-gram of this many tokens (ending "
-                        "with it) is a copy: its gain is counted apart from the score")
-    parser.add_argument("--copy-lookback", type=int,
-                        help="tokens back a copy may come from (default: the whole document)")
+    parser.add_argument(
+        "--key-gain",
+        type=float,
+        default=StatsConfig.key_gain,
+        help="key token: gain above this many nats (LongPPL: 2)",
+    )
+    parser.add_argument(
+        "--key-logp",
+        type=float,
+        default=StatsConfig.key_logp,
+        help="key token: logp_long above this (LongPPL: -2)",
+    )
+    parser.add_argument(
+        "--copy-ngram",
+        type=int,
+        default=StatsConfig.copy_ngram,
+        help="a target repeating an earlier n-gram of this many tokens (ending "
+        "with it) is a copy: its gain is counted apart from the score",
+    )
+    parser.add_argument(
+        "--copy-lookback",
+        type=int,
+        help="tokens back a copy may come from (default: the whole document)",
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per request attempt")
-    parser.add_argument("--retry-for", type=float, default=600.0,
-                        help="keep retrying unreachable scorers this many seconds")
+    parser.add_argument(
+        "--retry-for",
+        type=float,
+        default=600.0,
+        help="keep retrying unreachable scorers this many seconds",
+    )
 
 
 def run(args) -> int:
     import logging
 
-    from tokenweight.bundled import model_or_default
     from tokenweight.client import ScorerError
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from tokenweight.bundled import model_or_default
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     scorer = None
     try:
         config = RankConfig(
@@ -105,14 +138,23 @@ def run(args) -> int:
         )
         if args.scorer_url:
             scorer = RemoteScorer(
-                args.scorer_url, scorer=args.scorer, window=args.window, stride=args.stride,
-                concurrency=args.concurrency, timeout=args.timeout, retry_for=args.retry_for,
+                args.scorer_url,
+                scorer=args.scorer,
+                window=args.window,
+                stride=args.stride,
+                concurrency=args.concurrency,
+                timeout=args.timeout,
+                retry_for=args.retry_for,
             )
             tokenizer = args.tokenizer
         else:
             model, window, stride = model_or_default(args.model, args.window, args.stride)
             scorer = LocalScorer(
-                model, args.short_model, window=window, stride=stride, device=args.device,
+                model,
+                args.short_model,
+                window=window,
+                stride=stride,
+                device=args.device,
                 dtype=args.dtype,
             )
             tokenizer = args.tokenizer or str(model)
@@ -140,7 +182,9 @@ def read_meta(out) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def rank(documents: DocumentInput, scorer, out, config: RankConfig = RankConfig(), progress=True) -> dict:
+def rank(
+    documents: DocumentInput, scorer, out, config: RankConfig = RankConfig(), progress=True
+) -> dict:
     """Write (or finish) the table at `out`; returns its metadata."""
     from tqdm import tqdm
 
@@ -176,9 +220,10 @@ def rank(documents: DocumentInput, scorer, out, config: RankConfig = RankConfig(
     pool = ThreadPoolExecutor(scorer.concurrency)
     finished: dict[int, list[dict]] = {}  # first document index -> rows, until written in order
     next_index = done
-    with out.open("ab") as table, tqdm(
-        total=total, initial=done, unit="doc", desc="rank", disable=not progress
-    ) as bar:
+    with (
+        out.open("ab") as table,
+        tqdm(total=total, initial=done, unit="doc", desc="rank", disable=not progress) as bar,
+    ):
         pending: set = set()
         try:
             while True:
@@ -246,8 +291,13 @@ def _score_batch(batch: list[Document], scorer, identity: tuple, meta: dict, con
         answers += answer.logprobs
     rows, used = [], 0
     for document, starts in zip(batch, plans):
-        row = {"index": document.index, "doc": document.doc, "source": document.source,
-               "length": int(document.token_ids.size), "pieces": len(starts)}
+        row = {
+            "index": document.index,
+            "doc": document.doc,
+            "source": document.source,
+            "length": int(document.token_ids.size),
+            "pieces": len(starts),
+        }
         if starts:
             pieces = answers[used : used + len(starts)]
             used += len(starts)
@@ -255,7 +305,11 @@ def _score_batch(batch: list[Document], scorer, identity: tuple, meta: dict, con
             row |= document_stats(document.token_ids, long, short, meta["window"], config.stats)
         else:
             row |= document_stats(document.token_ids, np.zeros(0), np.zeros(0), meta["window"])
-        row |= {"fingerprint": meta["fingerprint"], "window": meta["window"], "stride": meta["stride"]}
+        row |= {
+            "fingerprint": meta["fingerprint"],
+            "window": meta["window"],
+            "stride": meta["stride"],
+        }
         rows.append(row)
     return rows
 

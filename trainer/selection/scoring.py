@@ -42,10 +42,14 @@ class LocalScorer:
 
     concurrency = 1  # one engine, one device: parallel calls would only contend
 
-    def __init__(self, model, short_model=None, *, window=None, stride=None, device=None, dtype=None):
+    def __init__(
+        self, model, short_model=None, *, window=None, stride=None, device=None, dtype=None
+    ):
         from tokenweight.service.engine import ScoringEngine
 
-        settings = {name: value for name, value in (("window", window), ("stride", stride)) if value}
+        settings = {
+            name: value for name, value in (("window", window), ("stride", stride)) if value
+        }
         self.engine = ScoringEngine.from_pretrained(
             model, short_model, device=device, dtype=dtype, **settings
         )
@@ -61,7 +65,11 @@ class LocalScorer:
             raise ScoringError(str(exc)) from None
         e = self.engine
         return Answer(
-            e.fingerprint(), e.name, e.window, e.stride, [(r.logp_long, r.logp_short) for r in results]
+            e.fingerprint(),
+            e.name,
+            e.window,
+            e.stride,
+            [(r.logp_long, r.logp_short) for r in results],
         )
 
     def close(self) -> None:
@@ -71,8 +79,17 @@ class LocalScorer:
 class RemoteScorer:
     """Running `tokenweight serve` replicas (`--scorer-url`, round-robin with failover)."""
 
-    def __init__(self, urls: str, *, scorer=None, window=None, stride=None, concurrency=None,
-                 timeout=600.0, retry_for=600.0):
+    def __init__(
+        self,
+        urls: str,
+        *,
+        scorer=None,
+        window=None,
+        stride=None,
+        concurrency=None,
+        timeout=600.0,
+        retry_for=600.0,
+    ):
         from tokenweight.client import RetryPolicy, ScorerClient
 
         from ..precompute import _find_scorer
@@ -99,7 +116,11 @@ class RemoteScorer:
         if len(r.results) != len(sequences):
             raise ScoringError(f"the scorer returned {len(r.results)} results for {len(sequences)}")
         return Answer(
-            r.fingerprint, r.scorer, r.window, r.stride, [(x.logp_long, x.logp_short) for x in r.results]
+            r.fingerprint,
+            r.scorer,
+            r.window,
+            r.stride,
+            [(x.logp_long, x.logp_short) for x in r.results],
         )
 
     def close(self) -> None:

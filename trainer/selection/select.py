@@ -52,20 +52,36 @@ class SelectConfig:
 
 def add_arguments(parser) -> None:
     parser.add_argument("--ranking", required=True, help="the table `tokenweight rank --out` wrote")
-    parser.add_argument("--out", required=True, help="directory for top/, control/ and selection.json")
+    parser.add_argument(
+        "--out", required=True, help="directory for top/, control/ and selection.json"
+    )
     parser.add_argument("--fraction", type=float, default=SelectConfig.fraction, help="share kept")
     parser.add_argument(
         "--by", default="length", help="strata, comma-separated: length, source (default: length)"
     )
-    parser.add_argument("--length-bins", type=int, default=SelectConfig.length_bins,
-                        help="length strata: this many quantile bins of document length")
-    parser.add_argument("--source-depth", type=int,
-                        help="source of a row without one: the first N components of its path")
+    parser.add_argument(
+        "--length-bins",
+        type=int,
+        default=SelectConfig.length_bins,
+        help="length strata: this many quantile bins of document length",
+    )
+    parser.add_argument(
+        "--source-depth",
+        type=int,
+        help="source of a row without one: the first N components of its path",
+    )
     parser.add_argument("--seed", type=int, default=SelectConfig.seed, help="control arm's draw")
-    parser.add_argument("--seq-len", type=int,
-                        help="tokens per training row (JSON lines input; a prepared dataset keeps its own)")
-    parser.add_argument("--input", nargs="+", help="the ranked input (default: as the ranking records)")
-    parser.add_argument("--tokenizer", help="tokenizer for text lines (default: as the ranking records)")
+    parser.add_argument(
+        "--seq-len",
+        type=int,
+        help="tokens per training row (JSON lines input; a prepared dataset keeps its own)",
+    )
+    parser.add_argument(
+        "--input", nargs="+", help="the ranked input (default: as the ranking records)"
+    )
+    parser.add_argument(
+        "--tokenizer", help="tokenizer for text lines (default: as the ranking records)"
+    )
 
 
 def run(args) -> int:
@@ -78,7 +94,11 @@ def run(args) -> int:
             seed=args.seed,
         )
         summary = select(
-            args.ranking, args.out, config, seq_len=args.seq_len, inputs=args.input,
+            args.ranking,
+            args.out,
+            config,
+            seq_len=args.seq_len,
+            inputs=args.input,
             tokenizer=args.tokenizer,
         )
     except (ValueError, OSError) as exc:
@@ -86,15 +106,19 @@ def run(args) -> int:
         return 1
     for arm in ARMS:
         a = summary["arms"][arm]
-        print(f"{Path(args.out) / arm}: {a['documents']} documents, {a['tokens']} tokens, "
-              f"{a['rows']} rows of {summary['seq_len']}")
+        print(
+            f"{Path(args.out) / arm}: {a['documents']} documents, {a['tokens']} tokens, "
+            f"{a['rows']} rows of {summary['seq_len']}"
+        )
     return 0
 
 
 def read_ranking(path) -> tuple[dict, list[dict]]:
     meta = read_meta(path)
     if meta is None:
-        raise SelectError(f"{path} has no {Path(path).name}.meta.json; is it a `tokenweight rank` table?")
+        raise SelectError(
+            f"{path} has no {Path(path).name}.meta.json; is it a `tokenweight rank` table?"
+        )
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     if len(rows) != meta["documents"]:
         raise SelectError(
@@ -125,7 +149,7 @@ def _source(row: dict, depth: int | None) -> str:
     if depth:
         return "/".join(row["doc"].split("/")[:depth])
     raise SelectError(
-        f"document {row['doc']!r} has no source; give the input lines a \"source\" field or "
+        f'document {row["doc"]!r} has no source; give the input lines a "source" field or '
         "pass --source-depth N (the first N components of its path)"
     )
 
@@ -134,7 +158,7 @@ def allocate(sizes: dict, fraction: float) -> dict:
     """Documents per stratum: shares of `round(fraction * total)` by largest remainder."""
     quota = {k: fraction * n for k, n in sizes.items()}
     take = {k: int(np.floor(q)) for k, q in quota.items()}
-    left = int(round(fraction * sum(sizes.values()))) - sum(take.values())
+    left = round(fraction * sum(sizes.values())) - sum(take.values())
     for k in sorted(quota, key=lambda k: (-(quota[k] - take[k]), k))[:left]:
         take[k] += 1
     return take
@@ -144,7 +168,9 @@ def choose(rows: list[dict], config: SelectConfig) -> tuple[dict, dict]:
     """Indices of the top and control arms (sets), and the per-stratum summary."""
     ranked = [r for r in rows if r["status"] == OK]
     if not ranked:
-        raise SelectError("no document in the ranking has targets beyond the window; nothing to select")
+        raise SelectError(
+            "no document in the ranking has targets beyond the window; nothing to select"
+        )
     keys, definition = strata(ranked, config)
     members = defaultdict(list)
     for row, key in zip(ranked, keys):
@@ -160,11 +186,24 @@ def choose(rows: list[dict], config: SelectConfig) -> tuple[dict, dict]:
         arms["top"].update(r["index"] for r in best)
         arms["control"].update(group[i]["index"] for i in drawn)
         table.append({"stratum": list(key), "ranked": len(group), "selected": n})
-    return arms, {**definition, "strata": table, "ranked": len(ranked), "unranked": len(rows) - len(ranked)}
+    return arms, {
+        **definition,
+        "strata": table,
+        "ranked": len(ranked),
+        "unranked": len(rows) - len(ranked),
+    }
 
 
-def select(ranking, out, config: SelectConfig = SelectConfig(), *, seq_len=None, inputs=None,
-           tokenizer=None, progress=True) -> dict:
+def select(
+    ranking,
+    out,
+    config: SelectConfig = SelectConfig(),
+    *,
+    seq_len=None,
+    inputs=None,
+    tokenizer=None,
+    progress=True,
+) -> dict:
     meta, rows = read_ranking(ranking)
     documents = DocumentInput(inputs or meta["input"], tokenizer or meta["tokenizer"])
     if documents.identity != meta["input_hash"]:
@@ -188,7 +227,9 @@ def select(ranking, out, config: SelectConfig = SelectConfig(), *, seq_len=None,
     tokens = dict.fromkeys(ARMS, 0)
     from tqdm import tqdm
 
-    for document in tqdm(documents, total=len(rows), unit="doc", desc="select", disable=not progress):
+    for document in tqdm(
+        documents, total=len(rows), unit="doc", desc="select", disable=not progress
+    ):
         for arm in ARMS:
             if document.index in arms[arm]:
                 writers[arm].add(document.token_ids)
@@ -206,7 +247,9 @@ def select(ranking, out, config: SelectConfig = SelectConfig(), *, seq_len=None,
         "arms": {},
     }
     for arm in ARMS:
-        index = writers[arm].finish({**index_meta, "selection": {"arm": arm, "ranking": str(ranking)}})
+        index = writers[arm].finish(
+            {**index_meta, "selection": {"arm": arm, "ranking": str(ranking)}}
+        )
         result["arms"][arm] = {
             "documents": len(arms[arm]),
             "tokens": tokens[arm],
@@ -222,9 +265,17 @@ def _index_meta(documents: DocumentInput, meta: dict) -> dict:
     """What the selected shards' index says about their tokens."""
     if documents.shards is not None:
         s = documents.shards
-        return {"vocab_size": s.vocab_size, "eos_token_id": s.eos_token_id, "bos_token_id": s.bos_token_id}
+        return {
+            "vocab_size": s.vocab_size,
+            "eos_token_id": s.eos_token_id,
+            "bos_token_id": s.bos_token_id,
+        }
     if meta["tokenizer"] is None:
         return {"vocab_size": None, "eos_token_id": None, "bos_token_id": None}
     tok = documents.tokenizer
-    return {"vocab_size": tok.vocab_size, "eos_token_id": tok.eos_id, "bos_token_id": tok.bos_id,
-            "tokenizer": meta["tokenizer"]}
+    return {
+        "vocab_size": tok.vocab_size,
+        "eos_token_id": tok.eos_id,
+        "bos_token_id": tok.bos_id,
+        "tokenizer": meta["tokenizer"],
+    }
