@@ -12,8 +12,7 @@ import sys
 from html import escape
 from pathlib import Path
 
-from .documents import DocumentInput
-from .select import read_ranking
+from .select import add_input_arguments, ranked_input, read_ranking
 from .stats import OK
 
 STATISTICS = ("score", "context_gain", "key_density", "repetition_share", "copied_share")
@@ -25,12 +24,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="the HTML file to write")
     parser.add_argument("--top", type=int, default=10, help="highest-scoring documents shown")
     parser.add_argument("--bottom", type=int, default=5, help="lowest-scoring documents shown")
-    parser.add_argument(
-        "--input", nargs="+", help="the ranked input (default: as the ranking records)"
-    )
-    parser.add_argument(
-        "--tokenizer", help="tokenizer to show tokens (default: as the ranking records)"
-    )
+    add_input_arguments(parser)
 
 
 def run(args) -> int:
@@ -50,7 +44,9 @@ def render(ranking, top: int = 10, bottom: int = 5, inputs=None, tokenizer=None)
     meta, rows = read_ranking(ranking)
     ranked = sorted((r for r in rows if r["status"] == OK), key=lambda r: (-r["score"], r["index"]))
     shown = ranked[:top] + ranked[max(top, len(ranked) - bottom) :]
-    tokens = _tokens_of({r["index"] for r in shown}, meta, inputs, tokenizer)
+    wanted = {r["index"] for r in shown}
+    documents = ranked_input(ranking, meta, inputs, tokenizer)
+    tokens = {d.index: d.token_ids for d in documents if d.index in wanted}
     decode = _decoder(tokenizer or meta["tokenizer"])
     settings = (
         f"scorer {escape(meta['scorer'])} · fingerprint {escape(meta['fingerprint'])} · window "
@@ -103,15 +99,6 @@ def _document(row: dict, ids, decode) -> str:
                 spans.append(token_span(text, f"token {j}"))
         snippets.append("".join(spans))
     return head + '<div class="tokens">' + "\n⋯\n".join(snippets) + "</div>"
-
-
-def _tokens_of(indices: set, meta: dict, inputs, tokenizer) -> dict:
-    documents = DocumentInput(inputs or meta["input"], tokenizer or meta["tokenizer"])
-    if documents.identity != meta["input_hash"]:
-        raise ValueError(
-            "the input is not what the ranking ranked; pass --input with the ranked files"
-        )
-    return {d.index: d.token_ids for d in documents if d.index in indices}
 
 
 def _decoder(tokenizer):

@@ -76,11 +76,16 @@ def add_arguments(parser) -> None:
         type=int,
         help="tokens per training row (JSON lines input; a prepared dataset keeps its own)",
     )
+    add_input_arguments(parser)
+
+
+def add_input_arguments(parser) -> None:
+    """Where the ranked documents are, for commands that read a ranking and its input."""
     parser.add_argument(
         "--input", nargs="+", help="the ranked input (default: as the ranking records)"
     )
     parser.add_argument(
-        "--tokenizer", help="tokenizer for text lines (default: as the ranking records)"
+        "--tokenizer", help="tokenizer of the text lines (default: as the ranking records)"
     )
 
 
@@ -126,6 +131,17 @@ def read_ranking(path) -> tuple[dict, list[dict]]:
             "rerunning the same `tokenweight rank` command"
         )
     return meta, rows
+
+
+def ranked_input(ranking, meta: dict, inputs=None, tokenizer=None) -> DocumentInput:
+    """The documents a ranking was made from (by default where it says they are)."""
+    documents = DocumentInput(inputs or meta["input"], tokenizer or meta["tokenizer"])
+    if documents.identity != meta["input_hash"]:
+        raise SelectError(
+            f"the input {documents.paths} is not what {ranking} ranked (content hash differs); "
+            "pass --input with the ranked files"
+        )
+    return documents
 
 
 def strata(rows: list[dict], config: SelectConfig) -> tuple[list[tuple], dict]:
@@ -205,12 +221,7 @@ def select(
     progress=True,
 ) -> dict:
     meta, rows = read_ranking(ranking)
-    documents = DocumentInput(inputs or meta["input"], tokenizer or meta["tokenizer"])
-    if documents.identity != meta["input_hash"]:
-        raise SelectError(
-            f"the input {documents.paths} is not what {ranking} ranked (content hash differs); "
-            "pass --input with the ranked files"
-        )
+    documents = ranked_input(ranking, meta, inputs, tokenizer)
     index_meta = _index_meta(documents, meta)
     if documents.shards is not None:
         if seq_len not in (None, documents.shards.seq_len):
