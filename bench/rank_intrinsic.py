@@ -60,7 +60,7 @@ def main() -> int:
     records = _sample(Path(args.corpus) / "heldout.jsonl", tok, args)
     sample.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
-    started = time.monotonic()
+    started = time.monotonic()  # a resumed ranking times only what this run scored
     scorer = LocalScorer(model_dir, window=window, device=args.device, dtype="float32")
     table = work / "rank.jsonl"
     rank(DocumentInput([str(sample)], str(model_dir)), scorer, table)
@@ -87,6 +87,9 @@ def main() -> int:
             "python": platform.python_version(),
             "torch": torch.__version__,
         },
+        "corpus": _corpus_summary(Path(args.corpus)),
+        "sample": f"{len(records)} held-out files of {args.min_tokens}-{args.max_tokens} tokens "
+        f"(seed {args.seed})",
         "model": "bundled default (tokenweight/models/default)",
         "fingerprint": rows[0]["fingerprint"],
         "window": window,
@@ -112,6 +115,16 @@ def main() -> int:
         )
     )
     return 0
+
+
+def _corpus_summary(corpus: Path) -> dict:
+    manifest = json.loads((corpus / "manifest.json").read_text())
+    return {
+        "list_hash": manifest["list_hash"],
+        "python": manifest["python"],
+        "heldout_files": manifest["counts"]["heldout_files"],
+        "settings": manifest["settings"],
+    }
 
 
 def _sample(heldout: Path, tok, args) -> list[dict]:
