@@ -130,16 +130,15 @@ def test_statistics_equal_brute_force_from_score_output(tmp_path, scorer, capsys
 
 
 def test_long_documents_are_split_into_overlapping_pieces(tmp_path):
-    scorer = LocalScorer(MODEL_DIR, window=WINDOW, device="cpu", dtype="float32")
-    scorer.max_length = 1024  # as if the scorer accepted 1024 tokens
-    ids = load_tokenizer(MODEL_DIR).encode_documents(
-        [long_range_document(3) + long_range_document(4)]
-    )[0]
-    assert ids.size > 2000
+    window, stride, size, overlap = 256, 192, 512, 256
+    scorer = LocalScorer(MODEL_DIR, window=window, device="cpu", dtype="float32")
+    scorer.max_length = size  # as if the scorer accepted 512 tokens
+    # without its BOS, so that a piece's chunks are exactly the whole document's chunks
+    ids = load_tokenizer(MODEL_DIR).encode_documents([long_range_document(3)])[0][1:]
     lines = tmp_path / "ids.jsonl"
     lines.write_text(json.dumps({"token_ids": ids.tolist()}) + "\n")
 
-    with pytest.raises(ScoringError, match="accepts at most 1024.*--long-docs split"):
+    with pytest.raises(ScoringError, match="accepts at most 512.*--long-docs split"):
         rank(
             DocumentInput([str(lines)]),
             scorer,
@@ -149,22 +148,25 @@ def test_long_documents_are_split_into_overlapping_pieces(tmp_path):
         )
 
     out = tmp_path / "split.jsonl"
-    rank(DocumentInput([str(lines)]), scorer, out, RankConfig(overlap=512), progress=False)
+    rank(DocumentInput([str(lines)]), scorer, out, RankConfig(overlap=overlap), progress=False)
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
-    # Pieces start every 384 tokens (the largest multiple of the stride within 1024 - 512);
-    # target t comes from the latest piece that gives it at least 512 tokens of context.
-    starts = list(range(0, ids.size, 384))
-    starts = starts[: next(i for i, s in enumerate(starts) if s + 1024 >= ids.size) + 1]
-    assert row["pieces"] == len(starts)
-    answers = scorer.engine.score([ids[s : s + 1024] for s in starts])
+    # Pieces start every 192 tokens (the largest multiple of the stride within 512 - 256);
+    # target t comes from the latest piece that gives it at least 256 tokens of context.
+    starts = list(range(0, ids.size, stride))
+    starts = starts[: next(i for i, s in enumerate(starts) if s + size >= ids.size) + 1]
+    assert row["pieces"] == len(starts) >= 4
+    answers = scorer.engine.score([ids[s : s + size] for s in starts])
     long, short = np.empty(ids.size - 1), np.empty(ids.size - 1)
     for t in range(1, ids.size):
-        p = max(i for i, s in enumerate(starts) if i == 0 or s + 512 <= t)
+        p = max(i for i, s in enumerate(starts) if i == 0 or s + overlap <= t)
         long[t - 1] = answers[p].logp_long[t - starts[p] - 1]
         short[t - 1] = answers[p].logp_short[t - starts[p] - 1]
-    expected = _brute_force(ids.tolist(), long.tolist(), short.tolist(), WINDOW)
+    expected = _brute_force(ids.tolist(), long.tolist(), short.tolist(), window)
     for name, value in expected.items():
         assert row[name] == pytest.approx(value, abs=2e-5), name
+    # the short context of every target is the one the unsplit document gives it
+    whole = scorer.engine.score([ids])[0]
+    np.testing.assert_allclose(short, whole.logp_short, atol=1e-4)
 
 
 def test_resume_refuses_other_settings(ranked, synthetic):
