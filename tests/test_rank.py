@@ -244,3 +244,16 @@ def test_rank_command_errors_are_clear(tmp_path, capsys):
     )
     assert code == 1
     assert f"{bad}:2: needs exactly one of" in capsys.readouterr().err
+
+
+def test_empty_and_tiny_text_get_explicit_rows(tmp_path, scorer):
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text('{"text": ""}\n{"text": "x"}\n')
+    out = tmp_path / "t.jsonl"
+    rank(DocumentInput([str(docs)], str(MODEL_DIR)), scorer, out, progress=False)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["length"], r["pieces"], r["status"]) for r in rows] == [
+        (0, 0, "no_targets"),
+        (3, 1, "no_long_targets"),  # BOS, x, EOS: two targets, none beyond the window
+    ]
+    assert all(r["score"] is None and r["long_targets"] == 0 for r in rows)
