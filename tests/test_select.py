@@ -69,12 +69,17 @@ def test_stratified_selection_keeps_each_strata_share(by, fraction):
 
 
 def test_allocation_rounds_by_largest_remainder():
-    assert allocate({"a": 5, "b": 5, "c": 5}, 0.5) == {
-        "a": 3,
-        "b": 3,
-        "c": 2,
-    }  # total round(7.5) = 8
-    assert allocate({"a": 10, "b": 1}, 0.3) == {"a": 3, "b": 0}
+    rng = np.random.default_rng(0)
+    assert allocate({"a": 10, "b": 1}, 0.3, rng) == {"a": 3, "b": 0}
+    # quotas 2.1, 1.5, 1.2 of round(4.8) = 5: the one left over goes to the largest remainder
+    assert allocate({"a": 7, "b": 5, "c": 4}, 0.3, rng) == {"a": 2, "b": 2, "c": 1}
+    # strata that tie take the leftover documents in a seeded random order, not by name
+    winners = set()
+    for seed in range(20):
+        take = allocate(dict.fromkeys("abcdef", 1), 0.5, np.random.default_rng(seed))
+        assert sum(take.values()) == 3 and set(take.values()) == {0, 1}
+        winners.add(tuple(k for k, n in take.items() if n))
+    assert len(winners) > 5
 
 
 def test_source_strata_need_a_source():

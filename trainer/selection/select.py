@@ -170,12 +170,20 @@ def _source(row: dict, depth: int | None) -> str:
     )
 
 
-def allocate(sizes: dict, fraction: float) -> dict:
-    """Documents per stratum: shares of `round(fraction * total)` by largest remainder."""
-    quota = {k: fraction * n for k, n in sizes.items()}
-    take = {k: int(np.floor(q)) for k, q in quota.items()}
+def allocate(sizes: dict, fraction: float, rng: np.random.Generator) -> dict:
+    """Documents per stratum: shares of `round(fraction * total)` by largest remainder.
+
+    Equal remainders (many strata of one document, say) are served in a random order drawn
+    from `rng`, so no stratum is favoured for its name.
+    """
+    keys = sorted(sizes)
+    quota = {k: fraction * sizes[k] for k in keys}
+    take = {k: int(np.floor(quota[k])) for k in keys}
     left = round(fraction * sum(sizes.values())) - sum(take.values())
-    for k in sorted(quota, key=lambda k: (-(quota[k] - take[k]), k))[:left]:
+    tiebreak = dict(zip(keys, rng.permutation(len(keys))))
+    # remainders rounded so that float noise does not order strata that tie
+    by_remainder = sorted(keys, key=lambda k: (-round(quota[k] - take[k], 9), tiebreak[k]))
+    for k in by_remainder[:left]:
         take[k] += 1
     return take
 
@@ -191,8 +199,8 @@ def choose(rows: list[dict], config: SelectConfig) -> tuple[dict, dict]:
     members = defaultdict(list)
     for row, key in zip(ranked, keys):
         members[key].append(row)
-    take = allocate({k: len(v) for k, v in members.items()}, config.fraction)
     rng = np.random.default_rng(config.seed)
+    take = allocate({k: len(v) for k, v in members.items()}, config.fraction, rng)
     arms = {arm: set() for arm in ARMS}
     table = []
     for key in sorted(members):
