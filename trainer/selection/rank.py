@@ -195,9 +195,10 @@ def rank(
         raise RankError(f"--overlap {overlap} is shorter than the window {probe.window}; raise it")
     meta = {
         "format": FORMAT,
-        "input": [str(p) for p in documents.paths],
+        # absolute, so that select and rank-page find them from any directory
+        "input": [str(p.resolve()) for p in documents.paths],
         "input_hash": documents.identity,
-        "tokenizer": documents.tokenizer_path,
+        "tokenizer": documents.tokenizer_path and str(Path(documents.tokenizer_path).resolve()),
         "fingerprint": probe.fingerprint,
         "scorer": probe.scorer,
         "window": probe.window,
