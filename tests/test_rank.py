@@ -17,6 +17,7 @@ from tokenweight.trainer.selection import page
 from tokenweight.trainer.selection.documents import DocumentInput
 from tokenweight.trainer.selection.rank import RankConfig, RankError, rank
 from tokenweight.trainer.selection.scoring import LocalScorer, ScoringError
+from tokenweight.trainer.selection.stats import copied_targets, word_copies
 
 from tokenweight.bundled import MODEL_DIR
 from tokenweight.cli import main
@@ -63,8 +64,9 @@ def test_long_range_documents_rank_first_and_repetition_not_first(ranked):
         assert row["fingerprint"] and row["window"] == WINDOW and row["stride"] == 384
 
 
-def _brute_force(ids, long, short, window, key_gain=2.0, key_logp=-2.0, ngram=8):
-    """The documented formulas, one target at a time."""
+def _brute_force(ids, long, short, window, strings=None, key_gain=2.0, key_logp=-2.0):
+    """The documented formulas, one target at a time (copies: 8-gram, 48 word-stream chars)."""
+    ngram, chars = 8, 48
     targets = [t for t in range(1, len(ids)) if t >= window]
     if not targets:
         return None
@@ -73,6 +75,20 @@ def _brute_force(ids, long, short, window, key_gain=2.0, key_logp=-2.0, ngram=8)
     for j in range(ngram - 1, len(ids)):
         grams.setdefault(tuple(ids[j - ngram + 1 : j + 1]), j)  # first end of each n-gram
     copied = {t: t >= ngram - 1 and grams[tuple(ids[t - ngram + 1 : t + 1])] < t for t in targets}
+    if strings is not None:
+        stream, ends = "", []
+        for s in strings:
+            for c in s:
+                if c.isalnum() or c == "_":
+                    stream += c
+                elif stream and stream[-1] != " ":
+                    stream += " "
+            ends.append(len(stream))
+        for t in targets:
+            end = ends[t]
+            key = stream[end - chars : end]
+            if end > ends[t - 1] and end >= chars and key in stream[: ends[t - 1]]:
+                copied[t] = True
     total = sum(gain.values())
     n = len(targets)
     return {
@@ -83,6 +99,11 @@ def _brute_force(ids, long, short, window, key_gain=2.0, key_logp=-2.0, ngram=8)
         "repetition_share": sum(gain[t] for t in targets if copied[t]) / total if total else 0.0,
         "score": sum(gain[t] for t in targets if not copied[t]) / n,
     }
+
+
+def _strings(ids):
+    backend = load_tokenizer(MODEL_DIR).backend
+    return [backend.decode([int(i)], skip_special_tokens=True) for i in ids]
 
 
 def test_statistics_equal_brute_force_from_score_output(tmp_path, scorer, capsys):
@@ -110,12 +131,13 @@ def test_statistics_equal_brute_force_from_score_output(tmp_path, scorer, capsys
     scored = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
 
     out = tmp_path / "rank.jsonl"
-    rank(DocumentInput([str(lines)]), scorer, out, progress=False)
+    rank(DocumentInput([str(lines)], str(MODEL_DIR)), scorer, out, progress=False)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["length"] for r in rows] == [len(d) for d in docs]
     assert [r["doc"] for r in rows] == [f"{lines}:{n}" for n in range(1, 6)]
     for row, s in zip(rows, scored):
-        expected = _brute_force(s["token_ids"], s["logp_long"], s["logp_short"], WINDOW)
+        ids = s["token_ids"]
+        expected = _brute_force(ids, s["logp_long"], s["logp_short"], WINDOW, _strings(ids))
         if expected is None:
             continue
         assert row["status"] == "ok"
@@ -140,7 +162,7 @@ def test_long_documents_are_split_into_overlapping_pieces(tmp_path):
 
     with pytest.raises(ScoringError, match="accepts at most 512.*--long-docs split"):
         rank(
-            DocumentInput([str(lines)]),
+            DocumentInput([str(lines)], str(MODEL_DIR)),
             scorer,
             tmp_path / "refused.jsonl",
             RankConfig(long_docs="refuse"),
@@ -148,7 +170,8 @@ def test_long_documents_are_split_into_overlapping_pieces(tmp_path):
         )
 
     out = tmp_path / "split.jsonl"
-    rank(DocumentInput([str(lines)]), scorer, out, RankConfig(overlap=overlap), progress=False)
+    documents = DocumentInput([str(lines)], str(MODEL_DIR))
+    rank(documents, scorer, out, RankConfig(overlap=overlap), progress=False)
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
     # Pieces start every 192 tokens (the largest multiple of the stride within 512 - 256);
     # target t comes from the latest piece that gives it at least 256 tokens of context.
@@ -161,7 +184,7 @@ def test_long_documents_are_split_into_overlapping_pieces(tmp_path):
         p = max(i for i, s in enumerate(starts) if i == 0 or s + overlap <= t)
         long[t - 1] = answers[p].logp_long[t - starts[p] - 1]
         short[t - 1] = answers[p].logp_short[t - starts[p] - 1]
-    expected = _brute_force(ids.tolist(), long.tolist(), short.tolist(), window)
+    expected = _brute_force(ids.tolist(), long.tolist(), short.tolist(), window, _strings(ids))
     for name, value in expected.items():
         assert row[name] == pytest.approx(value, abs=2e-5), name
     # the short context of every target is the one the unsplit document gives it
@@ -257,3 +280,21 @@ def test_empty_and_tiny_text_get_explicit_rows(tmp_path, scorer):
         (3, 1, "no_long_targets"),  # BOS, x, EOS: two targets, none beyond the window
     ]
     assert all(r["score"] is None and r["long_targets"] == 0 for r in rows)
+
+
+def test_word_stream_copies_see_through_reformatting():
+    imports = ["from", " .", "api", " import", " (\n", "    Alpha", "Ledger", ",\n", "    Beta"]
+    imports += ["Ledger", ",\n", "    Gamma", "Ledger", ",\n", ")\n"]
+    listed = ["__all__", " = [", '"', "Alpha", "Ledger", '", "', "Beta", "Ledger", '", "']
+    listed += ["Gamma", "Ledger", '"]\n']
+    strings = imports + listed
+    copied = word_copies(strings, chars=12)
+    marked = {strings[t] for t in range(len(imports), len(strings)) if copied[t - 1]}
+    # "AlphaLedger Beta…" repeats the import list once quotes and commas are ignored;
+    # "__all__ AlphaLedger" is new, and so is the first name after it
+    assert marked >= {"Beta", "Gamma", "Ledger"}
+    assert not copied[len(imports) + 3 - 1]  # the "Alpha" right after "__all__"
+    assert not copied[: len(imports) - 1].any()
+    # token n-grams alone do not see it: the list's separators are other tokens
+    ids = np.array([hash(s) % 1000 for s in strings])
+    assert not copied_targets(ids, 4)[len(imports) :].any()

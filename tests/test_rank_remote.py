@@ -32,7 +32,7 @@ def token_lines(tmp_path):
 
 def test_remote_replicas_agree_with_local_scoring(server, tiny_model_dir, token_lines, tmp_path):
     url = f"grpc://{server.grpc_target}"
-    config = RankConfig(stats=StatsConfig(copy_ngram=4), batch_size=2)
+    config = RankConfig(stats=StatsConfig(copy_ngram=4, copy_chars=0), batch_size=2)
     remote = RemoteScorer(f"{url},{url}", scorer="tiny", concurrency=4)
     try:
         rank(
@@ -59,19 +59,13 @@ def test_remote_replicas_agree_with_local_scoring(server, tiny_model_dir, token_
     assert remote_rows[6]["copied_share"] > 0
 
 
-def test_rank_command_against_a_server(server, token_lines, tmp_path, capsys):
+def test_rank_command_against_a_server(server, tiny_model_dir, token_lines, tmp_path, capsys):
     out = tmp_path / "t.jsonl"
-    argv = [
-        "rank",
-        "--input",
-        str(token_lines),
-        "--scorer-url",
-        f"grpc://{server.grpc_target}",
-        "--scorer",
-        "pair",
-        "--out",
-        str(out),
-    ]
+    argv = ["rank", "--input", str(token_lines), "--out", str(out)]
+    argv += ["--scorer-url", f"grpc://{server.grpc_target}", "--scorer", "pair"]
+    assert main(argv) == 1  # token ids and no tokenizer: word-stream copies cannot be seen
+    assert "pass --tokenizer" in capsys.readouterr().err
+    argv += ["--tokenizer", str(tiny_model_dir)]
     assert main(argv) == 0
     assert "window 16, stride 4" in capsys.readouterr().out
     assert len(out.read_text().splitlines()) == len(LENGTHS)

@@ -173,7 +173,7 @@ def test_select_by_source_and_from_prepared_rows(ranked_text, tmp_path):
     prepare(MODEL_DIR, [docs], 256, data, progress=False)
     scorer = LocalScorer(MODEL_DIR, window=128, device="cpu", dtype="float32")
     rows_table = tmp_path / "rows.jsonl"
-    rank(DocumentInput([str(data)]), scorer, rows_table, progress=False)
+    rank(DocumentInput([str(data)], str(MODEL_DIR)), scorer, rows_table, progress=False)
     picked = tmp_path / "rows-sel"
     assert (
         main(["select", "--ranking", str(rows_table), "--out", str(picked), "--fraction", "0.25"])

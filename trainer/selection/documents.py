@@ -122,6 +122,13 @@ class DocumentInput:
             out.append(Document(index, str(name), None if source is None else str(source), ids))
         return out
 
+    def token_strings(self) -> list[str]:
+        """Each token id's text (special tokens: empty), indexed by id."""
+        backend = self.tokenizer.backend
+        return [
+            backend.decode([i], skip_special_tokens=True) for i in range(self.tokenizer.vocab_size)
+        ]
+
     @property
     def tokenizer(self) -> DocumentTokenizer:
         if self._tokenizer is None:

@@ -105,6 +105,14 @@ def add_arguments(parser) -> None:
         "with it) is a copy: its gain is counted apart from the score",
     )
     parser.add_argument(
+        "--copy-chars",
+        type=int,
+        default=StatsConfig.copy_chars,
+        help="a target ending a stretch of this many characters of the word stream (the text "
+        "with punctuation and spaces made one space) seen earlier is a copy too (0: off; needs "
+        "the tokenizer)",
+    )
+    parser.add_argument(
         "--copy-lookback",
         type=int,
         help="tokens back a copy may come from (default: the whole document)",
@@ -131,7 +139,13 @@ def run(args) -> int:
     scorer = None
     try:
         config = RankConfig(
-            stats=StatsConfig(args.key_gain, args.key_logp, args.copy_ngram, args.copy_lookback),
+            stats=StatsConfig(
+                key_gain=args.key_gain,
+                key_logp=args.key_logp,
+                copy_ngram=args.copy_ngram,
+                copy_chars=args.copy_chars,
+                copy_lookback=args.copy_lookback,
+            ),
             batch_size=args.batch_size,
             long_docs=args.long_docs,
             overlap=args.overlap,
@@ -208,6 +222,14 @@ def rank(
         **{k: v for k, v in asdict(config).items() if k not in ("stats", "overlap")},
         "stats": asdict(config.stats),
     }
+    strings = None
+    if config.stats.copy_chars:
+        if documents.tokenizer_path is None:
+            raise RankError(
+                "word-stream copies need the tokens' text: pass --tokenizer (the scorer model's), "
+                "or --copy-chars 0 to mark copies by token n-grams alone"
+            )
+        strings = documents.token_strings()
     done = _resume(out, meta)
     total = len(documents)
     meta["documents"] = total
@@ -216,7 +238,7 @@ def rank(
     batches = _batches(documents, config.batch_size, start=done)
 
     def score(batch: list[Document]) -> list[dict]:
-        return _score_batch(batch, scorer, identity, meta, config)
+        return _score_batch(batch, scorer, identity, meta, config, strings)
 
     pool = ThreadPoolExecutor(scorer.concurrency)
     finished: dict[int, list[dict]] = {}  # first document index -> rows, until written in order
@@ -265,7 +287,9 @@ def _batches(documents: DocumentInput, size: int, start: int):
         yield batch
 
 
-def _score_batch(batch: list[Document], scorer, identity: tuple, meta: dict, config: RankConfig):
+def _score_batch(
+    batch: list[Document], scorer, identity: tuple, meta: dict, config: RankConfig, strings
+):
     plans, sequences = [], []
     for document in batch:
         length = document.token_ids.size
@@ -303,7 +327,12 @@ def _score_batch(batch: list[Document], scorer, identity: tuple, meta: dict, con
             pieces = answers[used : used + len(starts)]
             used += len(starts)
             long, short = stitch(document.token_ids.size, starts, meta["overlap"], pieces)
-            row |= document_stats(document.token_ids, long, short, meta["window"], config.stats)
+            text = None
+            if strings is not None:
+                text = [strings[i] if i < len(strings) else "" for i in document.token_ids]
+            row |= document_stats(
+                document.token_ids, long, short, meta["window"], config.stats, text
+            )
         else:
             row |= document_stats(document.token_ids, np.zeros(0), np.zeros(0), meta["window"])
         row |= {

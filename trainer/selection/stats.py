@@ -6,7 +6,11 @@ Formulas (docs/SELECTION.md explains them): over the targets beyond the window â
     gain_t      = max(0, logp_long[t-1] - logp_short[t-1])
     key_t       = gain_t > key_gain  and  logp_long[t-1] > key_logp      (LongPPL's rule)
     copied_t    = the n-gram x_{t-m+1} .. x_t (m = copy_ngram, ending in the target) occurred
-                  earlier in the document, ending at some j < t (and j >= t - copy_lookback)
+                  earlier in the document, ending at some j < t (and j >= t - copy_lookback);
+                  or, with the tokens' strings known, the last copy_chars characters of the
+                  word stream up to the end of x_t (the text with every run of characters
+                  other than letters, digits and _ made one space) occurred earlier in it,
+                  ending within some token j < t (the same lookback)
     context_gain   = sum(gain_t) / n
     key_density    = sum(key_t) / n
     copied_share   = sum(copied_t) / n
@@ -31,12 +35,15 @@ class StatsConfig:
     key_gain: float = 2.0  # nats; LongPPL's long-short difference threshold
     key_logp: float = -2.0  # LongPPL's long-context log-likelihood threshold
     copy_ngram: int = 8  # tokens in the n-gram (ending with the target) that marks a copy
+    copy_chars: int = 48  # word-stream characters (ending with the target) that mark a copy
     copy_lookback: int | None = None  # tokens back a copy may come from; None: the whole prefix
     top_tokens: int = 10  # highest-gain targets kept per document, for inspection
 
     def __post_init__(self):
         if self.copy_ngram < 2:
             raise ValueError(f"copy_ngram must be at least 2 tokens, got {self.copy_ngram}")
+        if self.copy_chars < 0:
+            raise ValueError(f"copy_chars must be >= 0 (0: off), got {self.copy_chars}")
         if self.copy_lookback is not None and self.copy_lookback < 1:
             raise ValueError(f"copy_lookback must be at least 1 token, got {self.copy_lookback}")
         if self.top_tokens < 0:
@@ -62,14 +69,50 @@ def copied_targets(token_ids: np.ndarray, ngram: int, lookback: int | None = Non
     return mask
 
 
+def word_copies(strings: list[str], chars: int, lookback: int | None = None) -> np.ndarray:
+    """Target-aligned bool mask (len - 1): the word stream's last `chars` characters up to the
+    end of target t occurred earlier, ending within a token j < t (t - j <= lookback if set).
+
+    The word stream is the text with each run of characters other than letters, digits and
+    `_` made one space: a copy that was reformatted (an `__all__` list repeating the imports,
+    a table repeating names in other quotes and commas) is still the same stream.
+    """
+    stream: list[str] = []
+    ends = []  # ends[t]: length of the stream once token t is in it
+    for s in strings:
+        for c in s:
+            if c.isalnum() or c == "_":
+                stream.append(c)
+            elif stream and stream[-1] != " ":
+                stream.append(" ")
+        ends.append(len(stream))
+    text = "".join(stream)
+    mask = np.zeros(max(len(strings) - 1, 0), dtype=bool)
+    last_token: dict[str, int] = {}  # a stretch of `chars` characters -> last token it ended in
+    done = 0
+    for t, end in enumerate(ends):
+        if t and end > done and end >= chars:  # a token that adds nothing copies nothing
+            j = last_token.get(text[end - chars : end])
+            mask[t - 1] = j is not None and (lookback is None or t - j <= lookback)
+        for e in range(max(done + 1, chars), end + 1):
+            last_token[text[e - chars : e]] = t
+        done = end
+    return mask
+
+
 def document_stats(
     token_ids: np.ndarray,
     logp_long: np.ndarray,
     logp_short: np.ndarray,
     window: int,
     config: StatsConfig = StatsConfig(),
+    strings: list[str] | None = None,
 ) -> dict:
-    """The statistics above as a JSON-ready dict (floats rounded to 6 decimals)."""
+    """The statistics above as a JSON-ready dict (floats rounded to 6 decimals).
+
+    `strings`: each token's text, for the word-stream copies (left out when None or when
+    `copy_chars` is 0).
+    """
     ids = np.asarray(token_ids)
     n_targets = max(ids.size - 1, 0)
     long = np.asarray(logp_long, dtype=np.float64)
@@ -84,6 +127,8 @@ def document_stats(
         return _empty(NO_TARGETS if n_targets == 0 else NO_LONG_TARGETS)
     gain = np.maximum(0.0, long - short)
     copied = copied_targets(ids, config.copy_ngram, config.copy_lookback)
+    if strings is not None and config.copy_chars:
+        copied |= word_copies(strings, config.copy_chars, config.copy_lookback)
     key = (gain > config.key_gain) & (long > config.key_logp)
     g, c = gain[beyond], copied[beyond]
     n = int(beyond.sum())
