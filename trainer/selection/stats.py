@@ -17,8 +17,8 @@ Formulas (docs/SELECTION.md explains them): over the targets beyond the window â
     repetition_share = sum(gain_t * copied_t) / sum(gain_t)        (0 when sum(gain_t) = 0)
     score          = sum(gain_t * (1 - copied_t)) / n  =  context_gain * (1 - repetition_share)
 
-Targets before the window (`t < k`) see their whole prefix in both passes, so their gain is 0
-by construction and they are left out of `n`. A document with no target beyond the window
+Targets before the window (`t < k`) see their whole prefix in both passes, so they say nothing
+about distance and are left out of `n`. A document with no target beyond the window
 (fewer than k + 1 tokens) has no statistics: its row says so instead of carrying a NaN.
 """
 
