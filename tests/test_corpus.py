@@ -111,19 +111,19 @@ def _module(rng, lines: int) -> list[str]:
 
 @pytest.fixture
 def packages(tmp_path):
-    """Twelve packages of a few files each (one with long files), and a shared module that
+    """Thirty packages of a few files each (one of them long), and a shared module that
     every package carries in a slightly edited copy: near-duplicates across any split."""
     import random
 
     rng = random.Random(0)
     root = tmp_path / "site"
     shared = _module(rng, 120)
-    for p in range(12):
+    for p in range(30):
         pkg = root / f"pkg{p:02d}"
         pkg.mkdir(parents=True)
         for m in range(3):
             (pkg / f"m{m}.py").write_text("def f():\n" + "\n".join(_module(rng, 30)) + "\n")
-        (pkg / "big.py").write_text("def g():\n" + "\n".join(_module(rng, 700)) + "\n")
+        (pkg / "big.py").write_text("def g():\n" + "\n".join(_module(rng, 400)) + "\n")
         edited = list(shared)
         edited[p] = f"    edited_{p} = {p}"  # one line of 120 changed: Jaccard ~0.95
         (pkg / "shared.py").write_text("def h():\n" + "\n".join(edited) + "\n")
@@ -145,7 +145,7 @@ def test_package_split_near_dups_and_long_pool(tmp_path, packages):
         heldout_fraction=0.25,
         split_by="package",
         long_fraction=0.2,
-        long_min_bytes=15000,
+        long_min_bytes=10000,
         near_dup_threshold=0.8,
     )
     files = manifest["files"]
@@ -154,9 +154,9 @@ def test_package_split_near_dups_and_long_pool(tmp_path, packages):
         sides.setdefault(f["package"], set()).add(f["split"])
     assert all(len(s) == 1 for s in sides.values())  # every package wholly on one side
     assert {next(iter(s)) for s in sides.values()} == {"train", "heldout", "long"}
-    assert set(sides) <= {f"pkg{p:02d}" for p in range(12)} | {"lone"}  # lone.py: "lone"
+    assert set(sides) <= {f"pkg{p:02d}" for p in range(30)} | {"lone"}  # lone.py: "lone"
     long = [f for f in files if f["split"] == "long"]
-    assert long and all(f["bytes"] >= 15000 for f in long)
+    assert long and all(f["bytes"] >= 10000 for f in long)
     assert manifest["counts"]["short_extension_files"] > 0
     # Brute force over every cross-side pair: nothing left at Jaccard >= 0.8.
     texts = {
@@ -178,7 +178,7 @@ def test_package_split_near_dups_and_long_pool(tmp_path, packages):
     # Held-out packages lose their copy as a near-duplicate; long ones lose it as a short file.
     held = sum(sides[p] == {"heldout"} for p in sides if p != "lone")
     assert manifest["counts"]["near_duplicates"] == held > 0
-    assert manifest["counts"]["found_files"] == 12 * 5 + 1
+    assert manifest["counts"]["found_files"] == 30 * 5 + 1
     again = _build(
         tmp_path,
         (packages,),
@@ -186,7 +186,7 @@ def test_package_split_near_dups_and_long_pool(tmp_path, packages):
         heldout_fraction=0.25,
         split_by="package",
         long_fraction=0.2,
-        long_min_bytes=15000,
+        long_min_bytes=10000,
         near_dup_threshold=0.8,
     )
     assert again["list_hash"] == manifest["list_hash"]

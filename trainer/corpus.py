@@ -357,7 +357,9 @@ def _unit(seed: int, purpose: str, sha256: str) -> float:
 
 def _split_by_package(files: list[_File], config: CorpusConfig) -> None:
     """Sides by package, in a seeded order of package names, each side up to its byte share;
-    an extension package is marked `long` (its short files are dropped by the caller)."""
+    an extension package is marked `long` (its short files are dropped by the caller). A
+    package larger than a quarter of a side's share stays in training, so that each side is
+    spread over several packages instead of one large one."""
     sizes: dict[str, int] = {}
     for f in files:
         sizes[f.package] = sizes.get(f.package, 0) + f.size
@@ -368,7 +370,8 @@ def _split_by_package(files: list[_File], config: CorpusConfig) -> None:
     for package in sorted(sizes, key=lambda p: (_unit(config.seed, "split", p), p)):
         side[package] = "train"
         for name in ("heldout", "long"):
-            if used[name] + sizes[package] <= quota[name]:
+            fits = sizes[package] <= quota[name] / 4 and used[name] + sizes[package] <= quota[name]
+            if fits:
                 side[package], used[name] = name, used[name] + sizes[package]
                 break
     for f in files:

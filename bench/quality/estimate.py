@@ -10,8 +10,8 @@ small fraction of the H200's ~700 TFLOP/s bf16 peak. Each job also pays a fixed 
 
 from types import SimpleNamespace
 
-from common import forward_flops
-from profiles import ARMS, Profile
+from ..common import forward_flops
+from .profiles import ARMS, Profile
 
 ASSUMED_TFLOPS = 100.0  # sustained per GPU for a ~10M-parameter model; measure and adjust
 STARTUP_S = 30.0  # per job: interpreter, imports, model load, first-step warm-up

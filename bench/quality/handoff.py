@@ -20,7 +20,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from jobs import PipelineError
+from .jobs import PipelineError
 
 PART_BYTES = 15 * 2**20
 MAX_PARTS = 8

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import child_env, serve
+from ..common import child_env, serve
 
 # -P: the repo root (the working directory) must not shadow the installed or shimmed package.
 TOKENWEIGHT = [sys.executable, "-P", "-m", "tokenweight.cli"]

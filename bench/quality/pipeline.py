@@ -20,13 +20,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(1, str(REPO / "bench"))  # the benchmarks' shared helpers (common.py)
 
-import estimate as estimate_module  # noqa: E402
-import handoff  # noqa: E402
-from jobs import PipelineError, Runner  # noqa: E402
-from profiles import ARMS, PROFILES  # noqa: E402
-from stages import STAGES, Context  # noqa: E402
+from . import estimate as estimate_module
+from . import handoff
+from .jobs import PipelineError, Runner
+from .profiles import ARMS, PROFILES
+from .stages import STAGES, Context
 
 ORDER = list(STAGES)
 REPORTING = {"report", "bundle"}  # stages that only read what the others computed

@@ -13,8 +13,8 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs import TOKENWEIGHT, TORCHRUN, Job, PipelineError, Runner, flags, scorer_server
-from profiles import JUDGE, Arm, Profile, Training
+from .jobs import TOKENWEIGHT, TORCHRUN, Job, PipelineError, Runner, flags, scorer_server
+from .profiles import JUDGE, Arm, Profile, Training
 
 
 @dataclass
@@ -228,7 +228,7 @@ def evaluate(ctx: Context) -> None:
 
 
 def report(ctx: Context) -> None:
-    import report as report_module
+    from . import report as report_module
 
     report_module.write_report(ctx)
 
@@ -237,7 +237,7 @@ def bundle(ctx: Context) -> None:
     """Written once, by the call that trained the bundle arm; later calls carry it along."""
     if (ctx.bundle / "config.json").is_file():
         return
-    import bundle as bundle_module
+    from . import bundle as bundle_module
 
     bundle_module.write_bundle(ctx)
 
