@@ -3,6 +3,7 @@ tokens before the answer, items depend only on the seed, and scoring by likeliho
 oracle 100% and a model that knows nothing exactly chance."""
 
 import ast
+import re
 
 import numpy as np
 import pytest
@@ -11,11 +12,18 @@ from eval_helpers import code_tokenizer, source_texts
 from tokenweight.trainer.evals.filler import Filler, code_blocks
 from tokenweight.trainer.evals.retrieval import accuracy_summary, answer_items, credit
 from tokenweight.trainer.evals.stats import bucket_index, doubling_edges
-from tokenweight.trainer.evals.tasks import TASKS, Codec, TaskConfig, generate
+from tokenweight.trainer.evals.tasks import (
+    DECOY_LABELS,
+    TASKS,
+    Codec,
+    TaskConfig,
+    TaskError,
+    generate,
+)
 
 SEQ_LEN = 512
 EDGES = tuple(doubling_edges(64, SEQ_LEN))
-QUERY = {"dict": 'assert TABLE["', "passkey": "PASSKEY =", "chain": "print("}
+QUERY = {"dict": 'assert TABLE["', "passkey": "PASSKEY =", "chain": "print(", "kv": "assert "}
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +34,15 @@ def setup():
     return tok, codec, filler
 
 
-def _items(setup, task, seed=0, per_bucket=4):
+def _items(setup, task, seed=0, per_bucket=4, **knobs):
     _, codec, filler = setup
-    return generate(task, TaskConfig(SEQ_LEN, EDGES, per_bucket, seed=seed), codec, filler)
+    cfg = TaskConfig(SEQ_LEN, EDGES, per_bucket, seed=seed, **knobs)
+    return generate(task, cfg, codec, filler)
+
+
+def _occurrences(ids: np.ndarray, part: np.ndarray) -> list[int]:
+    """Every index where `part` occurs in `ids`, by brute force."""
+    return [i for i in range(len(ids) - len(part) + 1) if np.array_equal(ids[i : i + len(part)], part)]
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -54,6 +68,59 @@ def test_items_are_code_with_the_fact_at_the_stated_distance(setup, task):
         in_bucket += bucket_index([item.distance], list(EDGES))[0] == item.bucket
     # Only the chain's shortest possible item (no filler) may exceed the first bucket.
     assert in_bucket >= len(items) - (4 if task == "chain" else 1)
+
+
+HARD = {"passkey_distractors": 6, "passkey_differ": 1, "kv_pairs": 20, "kv_shared": 2}
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("knobs", [{}, HARD], ids=["default", "hard"])
+def test_the_answer_is_sighted_once_at_the_stated_distance(setup, task, knobs):
+    """By brute force on the token ids: the answer's tokens occur in the prompt only at the
+    fact, `distance` tokens back, so none of the last `distance - 1` tokens gives it away."""
+    for k, item in enumerate(_items(setup, task, **knobs)):
+        answer = item.candidates[item.answer]
+        assert _occurrences(item.prompt, answer) == [len(item.prompt) - item.distance]
+        assert len({len(c) for c in item.candidates}) == 1
+        assert item.id == f"{task}/s0/b{item.bucket}/{k % 4}"
+
+
+def test_passkey_decoys_are_look_alikes_in_the_context(setup):
+    tok = setup[0]
+    for item in _items(setup, "passkey", passkey_distractors=6, passkey_differ=1):
+        text = tok.decode(item.prompt.tolist(), skip_special_tokens=True)
+        decoys = re.findall(rf"^# (?:{'|'.join(DECOY_LABELS)}):( \d{{5}})$", text, re.M)
+        assert len(decoys) == 6 and item.value not in decoys
+        for d in decoys:
+            assert sum(x != y for x, y in zip(d, item.value)) == 1
+        others = [tok.decode(c.tolist()) for k, c in enumerate(item.candidates) if k != item.answer]
+        assert all(o in decoys for o in others)  # the candidates are the look-alikes seen
+
+
+def test_kv_lines_share_one_form_and_keys_differ_by_one_letter(setup):
+    tok = setup[0]
+    for item in _items(setup, "kv", kv_pairs=20, kv_shared=2):
+        text = tok.decode(item.prompt.tolist(), skip_special_tokens=True)
+        key = text[text.rindex("assert ") + 7 :].split(" ==")[0]
+        assert f"{key} ={item.value}\n" in text
+        lines = [ln for ln in text.splitlines() if ln.startswith(key[:-1]) and " = " in ln]
+        keys = [ln.split(" =")[0] for ln in lines]
+        assert len(keys) == len(set(keys)) >= 2
+        assert all(len(k) == len(key) and k[:-1] == key[:-1] for k in keys)
+
+
+@pytest.mark.parametrize(
+    "knobs, flag",
+    [
+        ({"passkey_differ": 0}, "--passkey-differ"),
+        ({"passkey_distractors": -1}, "--passkey-distractors"),
+        ({"kv_shared": 3}, "--kv-shared"),
+        ({"kv_pairs": 24, "kv_shared": 2}, "--kv-pairs"),
+    ],
+)
+def test_bad_knobs_are_refused(setup, knobs, flag):
+    with pytest.raises(TaskError, match=flag):
+        _items(setup, "kv", **knobs)
 
 
 def test_dict_query_names_the_key_of_the_fact(setup):

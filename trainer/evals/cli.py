@@ -3,9 +3,10 @@
     tokenweight eval --model runs/dense/model --data corpus/heldout.jsonl --seq-len 4096 \
         --window 512 --scorer-model runs/judge/model --out eval/dense.json
 
-Writes one JSON file: every metric with a 95% bootstrap interval, plus the per-item numbers
-(`items`) that `bench/quality` pools over seeds and pairs across arms, and `items_hash`,
-which is equal for two evals that saw the same sequences and synthetic items.
+Writes one JSON file: every metric with a 95% interval, plus the per-item records (`items`,
+each with a stable id: records.py) that `bench/quality` pools over seeds and pairs across
+arms, and `items_hash`, which is equal for two evals that saw the same sequences and items.
+The calibrated tasks of a replication: `--tasks passkey kv idrecall` with their knobs.
 """
 
 import hashlib
@@ -21,11 +22,14 @@ from . import perplexity as ppl
 from .filler import Filler, code_blocks
 from .heldout import HeldOutError, load_heldout
 from .identifiers import long_range_repeats
-from .retrieval import accuracy_summary, answer_items
+from .idrecall import IdRecallConfig, SourceFile, id_loss_records, id_loss_summary, idrecall_items
+from .retrieval import accuracy_summary, answer_items, label_buckets
 from .stats import doubling_edges
 from .tasks import TASKS, Codec, TaskConfig, TaskError, generate
 
-FORMAT = "tokenweight-eval-1"
+FORMAT = "tokenweight-eval-2"
+ALL_TASKS = (*TASKS, "idrecall")
+DEFAULT_TASKS = ("dict", "passkey", "chain")
 FILLER_FILES = 300  # held-out files whose top-level blocks serve as filler
 
 
@@ -44,10 +48,18 @@ class EvalConfig:
     scorer_url: str | None = None
     scorer_model: str | None = None  # local judge; default: the model itself
     score_window: int | None = None  # default: window
-    tasks: tuple[str, ...] = TASKS
+    tasks: tuple[str, ...] = DEFAULT_TASKS
     items_per_bucket: int = 40
     choices: int = 4
+    passkey_distractors: int = 0  # same-form decoy lines between passkey and query
+    passkey_differ: int = 5  # digits in which a decoy number differs from the passkey
+    kv_pairs: int = 32  # `key = value` lines of the kv task
+    kv_shared: int = 0  # leading letters of the 3-letter key suffix that all keys share
+    id_min_distance: int | None = None  # idrecall: first sighting this far back; default window
+    id_absent: int | None = None  # idrecall: name absent from this many last tokens; default window
+    id_per_file: int = 8  # idrecall items per held-out file at most
     max_sequences: int = 256
+    short_files: int | None = None  # files in the short-context metric; default max_sequences
     batch_sequences: int = 16
     key_gain: float = 2.0
     key_min_logp: float = -2.0
@@ -98,7 +110,11 @@ def add_arguments(parser) -> None:
     )
     g = parser.add_argument_group("size and settings")
     g.add_argument(
-        "--tasks", nargs="+", choices=TASKS, default=list(TASKS), help="synthetic retrieval tasks"
+        "--tasks",
+        nargs="+",
+        choices=ALL_TASKS,
+        default=list(DEFAULT_TASKS),
+        help="retrieval tasks (default: dict passkey chain; calibrated: passkey kv idrecall)",
     )
     g.add_argument(
         "--items-per-bucket",
@@ -111,6 +127,44 @@ def add_arguments(parser) -> None:
     )
     g.add_argument(
         "--max-sequences", type=int, default=256, help="held-out sequences per perplexity metric"
+    )
+    g.add_argument(
+        "--short-files",
+        type=int,
+        help="held-out files in the short-context perplexity (default --max-sequences)",
+    )
+    g = parser.add_argument_group("task difficulty (calibrate on a pilot, then freeze)")
+    g.add_argument(
+        "--passkey-distractors",
+        type=int,
+        default=0,
+        help="passkey: decoy lines of the same form between passkey and query (default 0)",
+    )
+    g.add_argument(
+        "--passkey-differ",
+        type=int,
+        default=5,
+        help="passkey: digits (of 5) in which a decoy number differs from the passkey (default 5)",
+    )
+    g.add_argument("--kv-pairs", type=int, default=32, help="kv: key = value lines (default 32)")
+    g.add_argument(
+        "--kv-shared",
+        type=int,
+        default=0,
+        help="kv: leading letters of the 3-letter key suffix all keys share (0-2, default 0)",
+    )
+    g.add_argument(
+        "--id-min-distance",
+        type=int,
+        help="idrecall: the name first seen at least this many tokens back (default --window)",
+    )
+    g.add_argument(
+        "--id-absent",
+        type=int,
+        help="idrecall: the name absent from this many last tokens (default --window)",
+    )
+    g.add_argument(
+        "--id-per-file", type=int, default=8, help="idrecall: items per held-out file at most"
     )
     g.add_argument("--batch-sequences", type=int, default=16, help="sequences per engine call")
     g.add_argument("--seed", type=int, default=0, help="items, samples and bootstrap")
@@ -151,7 +205,11 @@ def evaluate(cfg: EvalConfig) -> dict:
     started = time.perf_counter()
     window, score_window = cfg.short_window, cfg.score_window or cfg.short_window
     tok = load_tokenizer(cfg.tokenizer or cfg.model)
-    heldout = load_heldout(cfg.data, tok.backend, cfg.seq_len, window, cfg.max_sequences, cfg.seed)
+    heldout = load_heldout(
+        cfg.data, tok.backend, cfg.seq_len, window, cfg.max_sequences, cfg.seed, cfg.short_files
+    )
+    if "idrecall" in cfg.tasks and heldout.unit != "file":
+        raise EvalError("--tasks idrecall reads held-out files: give --data as a .jsonl file")
     engine = load_engine(cfg.model, cfg.seq_len, score_window, cfg.device, cfg.dtype)
     if cfg.scorer_url:
         judge = RemoteJudge(cfg.scorer_url, cfg.score_window)
@@ -168,9 +226,32 @@ def evaluate(cfg: EvalConfig) -> dict:
     filler_texts = heldout.texts[:: max(1, len(heldout.texts) // FILLER_FILES)]
     filler = Filler(code_blocks(filler_texts, cfg.seq_len // 4, codec.count), codec.count)
     task_cfg = TaskConfig(
-        cfg.seq_len, tuple(edges), cfg.items_per_bucket, cfg.choices, seed=cfg.seed
+        cfg.seq_len,
+        tuple(edges),
+        cfg.items_per_bucket,
+        cfg.choices,
+        passkey_distractors=cfg.passkey_distractors,
+        passkey_differ=cfg.passkey_differ,
+        kv_pairs=cfg.kv_pairs,
+        kv_shared=cfg.kv_shared,
+        seed=cfg.seed,
     )
-    items = [item for task in cfg.tasks for item in generate(task, task_cfg, codec, filler)]
+    files = _source_files(heldout)
+    items = []
+    for task in cfg.tasks:
+        if task == "idrecall":
+            id_cfg = IdRecallConfig(
+                tuple(edges),
+                cfg.id_min_distance or window,
+                cfg.id_absent or window,
+                cfg.items_per_bucket,
+                cfg.id_per_file,
+                cfg.choices,
+                cfg.seed,
+            )
+            items += idrecall_items(files, id_cfg, codec)
+        else:
+            items += generate(task, task_cfg, codec, filler)
 
     total = 2 * len(heldout.long) + len(heldout.short) + len(items)
     with tqdm(total=total, unit="seq", desc="eval", disable=not cfg.progress) as bar:
@@ -184,6 +265,8 @@ def evaluate(cfg: EvalConfig) -> dict:
         except ScoringInputError as exc:
             raise EvalError(f"{exc} (is --tokenizer the model's tokenizer?)") from None
 
+    label_buckets(records, edges)
+    id_loss = id_loss_records(files, model_logps, window, edges)
     keys = ppl.KeyTokens(cfg.key_gain, cfg.key_min_logp)
     masks = [keys.mask(ll, ls) for ll, ls in contrast]
     pos_ce, pos_n = ppl.position_sums(model_logps, edges)
@@ -209,9 +292,13 @@ def evaluate(cfg: EvalConfig) -> dict:
             },
             "short_context": {**ppl.ppl_summary(short_ce, short_n, cfg.seed), "window": window},
         },
-        "retrieval": accuracy_summary(records, edges, cfg.seed),
+        "retrieval": accuracy_summary(records, edges),
+        "id_loss": id_loss_summary(id_loss, edges, cfg.seed) if files else None,
         "identifier_repeats": _identifier_repeats(heldout, contrast, score_window),
+        "file_ids": "sha256[:16]",
         "items": {
+            "long_files": heldout.long_ids,
+            "short_files": heldout.short_ids,
             "position_ce": pos_ce.round(4).tolist(),
             "position_n": pos_n.tolist(),
             "key_ce": key_ce.round(4).tolist(),
@@ -219,6 +306,7 @@ def evaluate(cfg: EvalConfig) -> dict:
             "short_ce": short_ce.round(4).tolist(),
             "short_n": short_n.tolist(),
             "retrieval": records,
+            "id_loss": id_loss,
         },
         "items_hash": _items_hash(heldout, items),
         "elapsed_s": round(time.perf_counter() - started, 2),
@@ -233,10 +321,12 @@ def headline(result: dict) -> str:
     p = result["perplexity"]
     tasks = result["retrieval"]["tasks"]
     acc = ", ".join(f"{t} {v['overall']['value']:.2f}" for t, v in tasks.items())
+    id_loss = result.get("id_loss")
+    far = f"identifier repeats {id_loss['value']:.3f} nats/token; " if id_loss else ""
     return (
         f"ppl {p['by_position']['overall']['value']:.3f}, long-range ppl {p['long_range']['value']:.3f} "
         f"({p['long_range']['key_fraction']:.1%} of tokens), short-context ppl "
-        f"{p['short_context']['value']:.3f}; retrieval accuracy: {acc}; {result['elapsed_s']:.1f} s"
+        f"{p['short_context']['value']:.3f}; {far}retrieval accuracy: {acc}; {result['elapsed_s']:.1f} s"
     )
 
 
@@ -252,12 +342,27 @@ def _check(cfg: EvalConfig) -> None:
         or cfg.items_per_bucket < 1
         or cfg.max_sequences < 1
         or cfg.batch_sequences < 1
+        or cfg.id_per_file < 1
+        or (cfg.short_files is not None and cfg.short_files < 1)
     ):
         raise EvalError(
-            "--choices must be >= 2, and --items-per-bucket, --max-sequences, --batch-sequences >= 1"
+            "--choices must be >= 2, and --items-per-bucket, --max-sequences, --batch-sequences, "
+            "--id-per-file, --short-files >= 1"
         )
+    for flag, value in (("--id-min-distance", cfg.id_min_distance), ("--id-absent", cfg.id_absent)):
+        if value is not None and not 1 <= value < cfg.seq_len:
+            raise EvalError(f"{flag} must be in [1, --seq-len), got {value}")
     if cfg.scorer_url and cfg.scorer_model:
         raise EvalError("give the judge as --scorer-url or as --scorer-model, not both")
+
+
+def _source_files(heldout) -> list[SourceFile]:
+    return [
+        SourceFile(fid, text, ids, offsets)
+        for fid, text, ids, offsets in zip(
+            heldout.long_ids, heldout.long_texts, heldout.long, heldout.long_offsets
+        )
+    ]
 
 
 def _batched(fn, sequences: list, size: int, bar) -> list:
