@@ -96,7 +96,8 @@ class BlockProfile:
     tasks: tuple[str, ...] = ("passkey", "kv", "idrecall")
     knobs: tuple[Knob, ...] = ()
     target_accuracy: tuple[float, float] = (0.3, 0.85)  # uniform at distance 1k-4k
-    items_per_bucket: int = 400
+    items_per_bucket: int = 200  # 3 tasks x 2 buckets at 1k-4k x 200 = 1200 paired items
+    calibration_items_per_bucket: int = 100  # per knob setting: 200 items at 1k-4k
     eval_max_sequences: int = 256
     jobs_per_device: int = 4
     carried: Path = CARRIED
@@ -173,11 +174,12 @@ BLOCK_PROFILES = {
         short_len=512,
         long_len=4096,
         rope_theta=10000.0,
-        # 150M tokens (~5 per parameter): raise it once the trainer's TFLOP/s is measured.
-        pretrain_tokens=150_000_000,
+        # 100M tokens (~3.4 per parameter, 9 min at today's ~38 TFLOP/s): raise it once the
+        # trainer's speed work lands and a block records its measured TFLOP/s.
+        pretrain_tokens=100_000_000,
         pretrain=Training(steps=0, batch=128, micro_batch=64, lr=1e-3, min_lr=1e-4, warmup=100),
         weak_tokens=150_000_000,
-        pilot_tokens=50_000_000,
+        pilot_tokens=40_000_000,
         # 80 x 16 x 4096 = 5.2M tokens per arm.
         extend=Training(steps=80, batch=16, micro_batch=8, lr=3e-4, min_lr=3e-5, warmup=8),
         judge_extend=Training(steps=150, batch=16, micro_batch=16, lr=3e-4, min_lr=3e-5, warmup=15),
@@ -214,9 +216,9 @@ BLOCK_PROFILES = {
         heldout_fraction=0.2,
         long_fraction=0.2,
         long_min_bytes=1500,
-        # The tasks of today's eval; `block` uses the new ones and their knobs.
-        tasks=("passkey", "dict"),
+        knobs=tuple(Knob(k.task, k.settings[:2]) for k in KNOBS),
         items_per_bucket=2,
+        calibration_items_per_bucket=2,
         eval_max_sequences=4,
         jobs_per_device=2,
         carried=Path(),  # set per run: WORK/carried (the smoke never writes the repository)

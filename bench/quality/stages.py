@@ -131,10 +131,10 @@ def pretrain(ctx: Context) -> None:
     world = len(ctx.runner.devices) if ctx.device == "cuda" else 1
     p = ctx.profile
     init, data = ctx.path("init"), ctx.path("shards-short")
-    argv = _trainer(ctx, world, init, data, out, p.pretrain, p.short_len, seed=0)
+    argv = trainer_argv(ctx, world, init, data, out, p.pretrain, p.short_len, seed=0)
     argv += flags(weighting="uniform")
     ctx.runner.run(Job("pretrain", argv, "pretrain"))
-    _drop_checkpoints(out)
+    drop_checkpoints(out)
 
 
 def scorer(ctx: Context) -> None:
@@ -183,7 +183,7 @@ def _extend_runs(ctx: Context, runs: list[tuple[Arm, int]]) -> None:
         pretrained, data = ctx.path("pretrain", "model"), ctx.path("shards-long")
         for arm, seed in todo:
             out = _extended(ctx, arm, seed).parent.parent
-            argv = _trainer(ctx, 1, pretrained, data, out, p.extend, p.long_len, seed)
+            argv = trainer_argv(ctx, 1, pretrained, data, out, p.extend, p.long_len, seed)
             argv += flags(rope_theta=p.long_rope_theta) + arm.trainer_flags()
             if arm.source:
                 argv += flags(window=p.short_len)
@@ -193,7 +193,7 @@ def _extend_runs(ctx: Context, runs: list[tuple[Arm, int]]) -> None:
             jobs.append(Job(f"extend-{out.name}", argv, "extend"))
         ctx.runner.run_parallel(jobs)
     for arm, seed in todo:
-        _drop_checkpoints(_extended(ctx, arm, seed).parent.parent)
+        drop_checkpoints(_extended(ctx, arm, seed).parent.parent)
 
 
 def evaluate(ctx: Context) -> None:
@@ -257,7 +257,7 @@ STAGES = {
 }
 
 
-def _trainer(
+def trainer_argv(
     ctx: Context,
     world: int,
     model: Path,
@@ -300,6 +300,6 @@ def _extended(ctx: Context, arm: Arm, seed: int) -> Path:
     return ctx.path("extend", run_name(arm, seed), "model", "config.json")
 
 
-def _drop_checkpoints(run_dir: Path) -> None:
+def drop_checkpoints(run_dir: Path) -> None:
     """Once `model/` is exported the resumable state (weights + Adam) is only disk use."""
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
