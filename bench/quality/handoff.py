@@ -10,7 +10,7 @@ at most PART_BYTES, holding
   back in `--work`);
 - `repo/`: the report's files that live in the repository (docs/RESULTS.md,
   docs/results/*.png, bench/results/quality_*.json).
-`python bench/quality/pipeline.py unpack FILES_AT` extracts `work/` into --work and `repo/`
+`python -m bench.quality.pipeline unpack --source FILES_AT` extracts `work/` into --work and `repo/`
 into the checkout.
 """
 
