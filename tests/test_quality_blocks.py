@@ -23,9 +23,12 @@ ITEMS = 300
 def fake_eval(rng, accuracy: float, id_nll: float, short_nll: float) -> dict:
     """An eval JSON with the per-item fields the records read; ids equal across arms."""
     retrieval = [
-        {"id": f"kv/s1/b{i % 4}/{i}", "task": ("kv", "passkey")[i % 2],
-         "distance": int(rng.integers(64, 256)) if i % 3 else 10,  # a third too near to count
-         "credit": float(rng.random() < accuracy)}
+        {
+            "id": f"kv/s1/b{i % 4}/{i}",
+            "task": ("kv", "passkey")[i % 2],
+            "distance": int(rng.integers(64, 256)) if i % 3 else 10,  # a third too near to count
+            "credit": float(rng.random() < accuracy),
+        }
         for i in range(ITEMS)
     ]
     id_loss = [
@@ -53,8 +56,14 @@ def make_block(tmp_path, block: int, dense_gain: float) -> BlockContext:
     rng = np.random.default_rng(block)
     profile = replace(PROFILE, calibration=tmp_path / "calibration.json", carried=tmp_path)
     ctx = BlockContext(
-        profile, tmp_path, block, Runner(tmp_path, ["cpu"], 1), "cpu", tmp_path,
-        tmp_path / "calibration.json", tmp_path / "results",
+        profile,
+        tmp_path,
+        block,
+        Runner(tmp_path, ["cpu"], 1),
+        "cpu",
+        tmp_path,
+        tmp_path / "calibration.json",
+        tmp_path / "results",
     )
     for arm in ["base", *(a.name for a in profile.arms)]:
         gain = dense_gain if arm == "dense" else 0.0
@@ -121,24 +130,35 @@ def test_report_fills_its_section(tmp_path):
     assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
     assert "| dense-weak |" in text and (tmp_path / "plots" / "quality_blocks.png").is_file()
     assert summary["blocks"] == [1, 2] and summary["stop_rule"]["next"] == "block 3"
-    assert json.loads((tmp_path / "results" / "quality_summary.json").read_text())["blocks"] == [1, 2]
+    assert json.loads((tmp_path / "results" / "quality_summary.json").read_text())["blocks"] == [
+        1,
+        2,
+    ]
     ratio = summary["weak_to_strong"]["acc_far"]
     dense, weak = (summary["comparisons"][a]["acc_far"]["value"] for a in ("dense", "dense-weak"))
     assert ratio["value"] == pytest.approx(weak / dense)
 
 
 def test_calibration_picks_inside_the_range_nearest_its_middle():
-    sweep = [{"flags": {"--n": n}, "accuracy": a, "items": 200}
-             for n, a in ((0, 0.98), (4, 0.80), (8, 0.55), (16, 0.31), (32, 0.25))]
+    sweep = [
+        {"flags": {"--n": n}, "accuracy": a, "items": 200}
+        for n, a in ((0, 0.98), (4, 0.80), (8, 0.55), (16, 0.31), (32, 0.25))
+    ]
     best = calibrate.pick(sweep, (0.3, 0.85))
     assert best["flags"] == {"--n": 8} and best["in_range"]
     outside = calibrate.pick([sweep[0], sweep[4]], (0.3, 0.85))
-    assert outside["flags"] == {"--n": 32} and not outside["in_range"]  # 0.05 below beats 0.13 above
-    e = {"items": {"retrieval": [
-        {"task": "kv", "distance": 70, "credit": 1.0},
-        {"task": "kv", "distance": 300, "credit": 0.0},  # beyond the range
-        {"task": "passkey", "distance": 70, "credit": 0.0},
-    ]}}
+    assert (
+        outside["flags"] == {"--n": 32} and not outside["in_range"]
+    )  # 0.05 below beats 0.13 above
+    e = {
+        "items": {
+            "retrieval": [
+                {"task": "kv", "distance": 70, "credit": 1.0},
+                {"task": "kv", "distance": 300, "credit": 0.0},  # beyond the range
+                {"task": "passkey", "distance": 70, "credit": 0.0},
+            ]
+        }
+    }
     assert calibrate.far_accuracy(e, "kv", 64, 256) == {"accuracy": 1.0, "items": 1}
 
 
@@ -149,9 +169,14 @@ def test_blocks_refuse_a_missing_or_foreign_calibration(tmp_path):
     ctx.calibration.write_text(json.dumps({"profile": "block", "tasks": {}}))
     with pytest.raises(PipelineError, match="made for profile 'block'"):
         calibrate.eval_flags(ctx)
-    ctx.calibration.write_text(json.dumps(
-        {"profile": PROFILE.name, "tasks": {"kv": {"flags": {"--kv-pairs": 64}}, "idrecall": {"flags": {}}}}
-    ))
+    ctx.calibration.write_text(
+        json.dumps(
+            {
+                "profile": PROFILE.name,
+                "tasks": {"kv": {"flags": {"--kv-pairs": 64}}, "idrecall": {"flags": {}}},
+            }
+        )
+    )
     assert calibrate.eval_flags(ctx) == ["--kv-pairs", "64"]
 
 
@@ -165,15 +190,25 @@ def test_equal_flops_arm_and_published_longce():
     arms = {a.name: a for a in p.arms}
     assert arm_scoring(p, arms["dense-weak"]) < arm_scoring(p, arms["dense"])
     assert arms["longce"].trainer_flags(p.short_len) == [
-        "--weighting", "longce", "--gamma", "5.0", "--score-source", "self",
-        "--window", "640", "--stride", "128",
+        "--weighting",
+        "longce",
+        "--gamma",
+        "5.0",
+        "--score-source",
+        "self",
+        "--window",
+        "640",
+        "--stride",
+        "128",
     ]
     assert arms["dense"].trainer_flags(p.short_len)[-2:] == ["--window", "512"]
+
     # The trainee ~30M parameters, the weak scorer about a quarter of it.
     def params(shape):
         d, kv = shape.hidden_size, shape.num_key_value_heads * shape.head_dim
         layer = 2 * d * d + 2 * d * kv + 3 * d * shape.intermediate_size
         return shape.num_hidden_layers * layer + p.vocab_size * d
+
     assert 28e6 < params(p.trainee) < 31e6
     assert 0.2 < params(p.weak) / params(p.trainee) < 0.3 and params(p.weak) * 2 < 15e6
     assert math.ceil(p.pretrain_tokens / (p.pretrain.batch * p.short_len)) == p.pretrain_steps

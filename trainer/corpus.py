@@ -201,7 +201,13 @@ def build_corpus(config: CorpusConfig) -> dict:
         for split, name in SPLIT_FILES.items()
     }
     files = [
-        {"path": f.path, "package": f.package, "sha256": f.sha256, "bytes": f.size, "split": f.split}
+        {
+            "path": f.path,
+            "package": f.package,
+            "sha256": f.sha256,
+            "bytes": f.size,
+            "split": f.split,
+        }
         for f in kept
     ]
     manifest = {

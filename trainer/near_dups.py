@@ -55,7 +55,10 @@ class MinHasher:
         """The distinct 64-bit shingle hashes of `text` (a short text is one shingle)."""
         ids = self._ids
         tokens = np.fromiter(
-            (ids.get(t) or ids.setdefault(t, zlib.crc32(t.encode()) + 1) for t in TOKEN.findall(text)),
+            (
+                ids.get(t) or ids.setdefault(t, zlib.crc32(t.encode()) + 1)
+                for t in TOKEN.findall(text)
+            ),
             dtype=np.uint64,
         )
         if tokens.size == 0:

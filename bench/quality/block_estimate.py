@@ -65,9 +65,7 @@ def pilot_flops(p: BlockProfile) -> dict[str, tuple[float, int]]:
         ),
         "pilot-pretrain": (_train(p, p.trainee, p.pilot_steps, p.pretrain.batch, p.short_len), 1),
         "pilot-extend": (_train(p, p.trainee, p.extend.steps, p.extend.batch, p.long_len), 1),
-        "calibrate": (
-            settings * _eval(p, p.trainee, 1, p.calibration_items_per_bucket), settings
-        ),
+        "calibrate": (settings * _eval(p, p.trainee, 1, p.calibration_items_per_bucket), settings),
     }
 
 
@@ -86,6 +84,8 @@ def table(p: BlockProfile, tflops: float) -> str:
         for stage, (flops, jobs) in stages.items():
             seconds = flops / rate + STARTUP_S * max(1, jobs // p.jobs_per_device)
             total += seconds
-            rows.append(f"| {part} | {stage} | {flops / 1e15:.1f} | {jobs} | {seconds / 60:.1f} min |")
+            rows.append(
+                f"| {part} | {stage} | {flops / 1e15:.1f} | {jobs} | {seconds / 60:.1f} min |"
+            )
         rows.append(f"| **{part}** | | | | **{total / 60:.1f} min** |")
     return "\n".join(rows)

@@ -7,7 +7,7 @@ Groups (each includes the stages before it, which skip what is already done):
     pilot-b   ... pilot-pretrain, pilot-extend, calibrate -> bench/quality/calibration.json
     block-a   corpus, prepare, init, pretrain            (needs --block N)
     block-b   ... scorers, extend
-    block-c   ... eval, record, report                   -> bench/results/quality_block{N}.json
+    block-c   ... eval, diagnose, record, report         -> bench/results/quality_block{N}.json
     report    the cross-block report from the records here
 """
 
@@ -51,7 +51,8 @@ def run(args, repo: Path) -> int:
     order = BLOCK_ORDER if is_block else PILOT_ORDER
     stages = [n for n in order if n in names]
     _record_environment(ctx, repo)
-    repo_paths = [ctx.results, ctx.calibration, ctx.carried, doc, plots]
+    # The carried models go back only from the pilot that makes them (28 MB of the 64 MiB).
+    repo_paths = [ctx.results, ctx.calibration, doc, plots] + ([] if is_block else [ctx.carried])
     try:
         for name in stages:
             started = time.time()
@@ -93,13 +94,21 @@ def context(args, repo: Path) -> tuple[BlockContext, Path, Path]:
         devices = [d for d in args.devices.split(",") if d]
     else:
         devices = [str(i) for i in range(torch.cuda.device_count())]
-    results = Path(args.results) if args.results else (
-        work / "results" if smoke else repo / "bench" / "results"
+    results = (
+        Path(args.results)
+        if args.results
+        else (work / "results" if smoke else repo / "bench" / "results")
     )
-    doc = Path(args.doc) if args.doc else (work / "RESULTS.md" if smoke else repo / "docs" / "RESULTS.md")
+    doc = (
+        Path(args.doc)
+        if args.doc
+        else (work / "RESULTS.md" if smoke else repo / "docs" / "RESULTS.md")
+    )
     if smoke and not doc.exists():
         shutil.copy(repo / "docs" / "RESULTS.md", doc)
-    plots = Path(args.plots) if args.plots else (work / "plots" if smoke else repo / "docs" / "results")
+    plots = (
+        Path(args.plots) if args.plots else (work / "plots" if smoke else repo / "docs" / "results")
+    )
     ctx = BlockContext(
         profile=profile,
         work=work,

@@ -44,9 +44,7 @@ def write(ctx) -> dict:
     arms, pairs, deltas = {}, {}, {}
     for name, e in evals.items():
         arms[name] = {
-            "endpoints": {
-                ep.key: _value(ep, *ep.items(e, lo, hi)[1]) for ep in ENDPOINTS
-            },
+            "endpoints": {ep.key: _value(ep, *ep.items(e, lo, hi)[1]) for ep in ENDPOINTS},
             "tasks": _task_accuracy(e, lo, hi),
         }
         if name == REFERENCE_ARM:
@@ -73,6 +71,7 @@ def write(ctx) -> dict:
         "arms": arms,
         "deltas": deltas,
         "pairs": pairs,
+        "diagnostics": _diagnostics(ctx.block_path("diagnose.json")),
         "progress": progress(ctx),
     }
     out = record_path(ctx.results, ctx.block)
@@ -103,9 +102,25 @@ def progress(ctx) -> dict:
             "extend-uniform": _tflops(ctx, ctx.block_path("extend", "uniform"), p.long_len, 1),
         },
         "flops_ratio": {
-            arm.name: round(1 + arm_scoring(p, arm) / (3 * forward(p.trainee, p.vocab_size, p.long_len)), 3)
+            arm.name: round(
+                1 + arm_scoring(p, arm) / (3 * forward(p.trainee, p.vocab_size, p.long_len)), 3
+            )
             for arm in p.arms
         },
+    }
+
+
+def _diagnostics(path: Path) -> dict | None:
+    """Spearman agreement of the two scorers' weights and each scorer's AUROC."""
+    d = _read_json(path)
+    if d is None:
+        return None
+    names = ("weak", "base")
+    return {
+        "rank_agreement": d["rank_agreement"],
+        "auroc": {name: s["auroc"] for name, s in zip(names, d["scorers"])},
+        "repeat_tokens": d["repeat_tokens"],
+        "tokens": d["tokens"],
     }
 
 

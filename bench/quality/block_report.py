@@ -11,8 +11,6 @@ import os
 import re
 from pathlib import Path
 
-import numpy as np
-
 from tokenweight.trainer.evals.stats import hierarchical_bootstrap, holm, verdict
 
 from .endpoints import ENDPOINTS, PRIMARIES, PRIMARY_ARM, REFERENCE_ARM
@@ -71,7 +69,11 @@ def stop_rule(records: list[dict]) -> dict:
     if settled or n >= MAX_BLOCKS:
         why = "the primary's interval is settled" if settled else f"{MAX_BLOCKS} blocks are in"
         return {"stop": True, "next": "stop", "reason": f"{why}: [{lo:+.3f}, {hi:+.3f}]"}
-    return {"stop": False, "next": f"block {n + 1}", "reason": f"[{lo:+.3f}, {hi:+.3f}] straddles a bound"}
+    return {
+        "stop": False,
+        "next": f"block {n + 1}",
+        "reason": f"[{lo:+.3f}, {hi:+.3f}] straddles a bound",
+    }
 
 
 def summarize(records: list[dict]) -> dict:
@@ -95,6 +97,7 @@ def summarize(records: list[dict]) -> dict:
         "comparisons": comparisons,
         "weak_to_strong": ratio,
         "stop_rule": stop_rule(records),
+        "diagnostics": {r["block"]: r.get("diagnostics") for r in records},
         "progress": [dict(block=r["block"], **r["progress"]) for r in records],
     }
 
@@ -150,8 +153,25 @@ def _fill(doc: Path, summary: dict, figure: Path) -> None:
     if summary["weak_to_strong"]:
         lines += ["", "Weak-to-strong ratio (Δ dense-weak / Δ dense):", ""]
         for key, r in summary["weak_to_strong"].items():
-            lines.append(f"- {key}: {r['value']:.2f} (per block: "
-                         + ", ".join(f"{v:.2f}" for v in r["per_block"]) + ")")
+            lines.append(
+                f"- {key}: {r['value']:.2f} (per block: "
+                + ", ".join(f"{v:.2f}" for v in r["per_block"])
+                + ")"
+            )
+    lines += [
+        "",
+        "Scorer diagnostics (no training): Spearman agreement of the weak and trainee-size "
+        "scorers' dense weights; AUROC of each scorer's |Δ| for long-range identifier repeats:",
+        "",
+        "| block | rank agreement | AUROC weak | AUROC trainee-size |",
+        "|---|---:|---:|---:|",
+    ]
+    for block, d in summary["diagnostics"].items():
+        if d:
+            lines.append(
+                f"| {block} | {d['rank_agreement']['pooled']:.3f} | {d['auroc']['weak']:.3f} | "
+                f"{d['auroc']['base']:.3f} |"
+            )
     lines += ["", "| block | device minutes | training TFLOP/s | next |", "|---|---|---|---|"]
     for p in summary["progress"]:
         lines.append(
@@ -178,13 +198,23 @@ def _plot(summary: dict, out: Path) -> Path:
             ax.scatter([i] * len(blocks), blocks, s=10, alpha=0.6)
             if not math.isnan(d["value"]):
                 lo, hi = d["ci"]
-                ax.errorbar(i, d["value"], yerr=[[d["value"] - lo], [hi - d["value"]]], fmt="o",
-                            color="black", capsize=3)
+                ax.errorbar(
+                    i,
+                    d["value"],
+                    yerr=[[d["value"] - lo], [hi - d["value"]]],
+                    fmt="o",
+                    color="black",
+                    capsize=3,
+                )
         ax.axhline(0, color="grey", lw=0.8)
         for m in (-MARGIN, MARGIN):
             ax.axhline(m, color="grey", lw=0.5, ls="--")
-        ax.set_xticks(range(len(summary["comparisons"])), list(summary["comparisons"]), rotation=45,
-                      ha="right")
+        ax.set_xticks(
+            range(len(summary["comparisons"])),
+            list(summary["comparisons"]),
+            rotation=45,
+            ha="right",
+        )
         ax.set_title(f"{ep.key} ({ep.better} is better)", fontsize=9)
     fig.tight_layout()
     path = out / "quality_blocks.png"

@@ -6,7 +6,8 @@ Once, before block 1 (the pilot):
     corpus -> tokenizer -> prepare -> weak (weak scorer + judge, carried in the repository)
     -> pilot-pretrain -> pilot-extend -> calibrate (bench/quality/calibration.json)
 Per block N (seed N):
-    corpus -> prepare -> init -> pretrain -> scorers -> extend (every arm) -> eval -> record
+    corpus -> prepare -> init -> pretrain -> scorers -> extend (every arm) -> eval -> diagnose
+    -> record
 
 WORK holds the corpus and shards (shared), `pilot/`, and `block-N/` for each block.
 """
@@ -210,8 +211,12 @@ def extend(ctx: BlockContext) -> None:
                 # A dead scorer should stop the run within minutes, not after the default hour.
                 extra += flags(scorer_url=urls[arm.scorer], scorer_retry_for=120)
             argv = _extend_argv(
-                ctx, ctx.block_path("pretrain", "model"), ctx.block_path("extend", arm.name),
-                training, ctx.block, extra,
+                ctx,
+                ctx.block_path("pretrain", "model"),
+                ctx.block_path("extend", arm.name),
+                training,
+                ctx.block,
+                extra,
             )
             jobs.append(Job(f"block{ctx.block}-extend-{arm.name}", argv, "extend"))
         ctx.runner.run_parallel(jobs)
@@ -235,6 +240,27 @@ def evaluate(ctx: BlockContext) -> None:
         argv = eval_argv(ctx, model, out, ctx.block) + eval_flags
         jobs.append(Job(f"block{ctx.block}-eval-{name}", argv, "eval"))
     ctx.runner.run_parallel(jobs)
+
+
+def diagnose(ctx: BlockContext) -> None:
+    """Scorer diagnostics, no training: rank agreement of the weak and the trainee-size
+    scorers' dense weights, and how well each one's |delta| finds long-range identifier
+    repeats (AUROC), on the held-out files (`tokenweight diagnose`)."""
+    out = ctx.block_path("diagnose.json")
+    if out.is_file():
+        return
+    p = ctx.profile
+    scorers = [ctx.block_path("scorer", name) for name in ("weak", "base")]
+    argv = TOKENWEIGHT + ["diagnose", "--scorer", str(scorers[0]), "--scorer", str(scorers[1])]
+    argv += flags(
+        data=ctx.path("corpus", "heldout.jsonl"),
+        seq_len=p.long_len,
+        window=p.short_len,
+        max_sequences=p.eval_max_sequences,
+        seed=ctx.block,
+        out=out,
+    )
+    ctx.runner.run(Job(f"block{ctx.block}-diagnose", argv, "diagnose"))
 
 
 def record(ctx: BlockContext) -> None:
@@ -289,6 +315,7 @@ BLOCK = {
     "scorers": scorers,
     "extend": extend,
     "eval": evaluate,
+    "diagnose": diagnose,
     "record": record,
 }
 
@@ -345,7 +372,9 @@ def _pretrain(ctx: BlockContext, init_dir: Path, out: Path, steps: int, seed: in
     training = replace(p.pretrain, steps=steps)
     data = ctx.path("shards-short")
     argv = trainer_argv(ctx, ctx.world, init_dir, data, out, training, p.short_len, seed)
-    argv += flags(weighting="uniform", save_every=max(1, steps // CHECKPOINTS_PER_RUN), resume="auto")
+    argv += flags(
+        weighting="uniform", save_every=max(1, steps // CHECKPOINTS_PER_RUN), resume="auto"
+    )
     ctx.runner.run(Job(f"pretrain-{out.parent.name}", argv, "pretrain"))
     drop_checkpoints(out)
 

@@ -30,9 +30,7 @@ def run(ctx, model: Path) -> None:
     knobbed = {k.task for k in p.knobs}
     # One eval per setting of each knob; one more for the tasks without a knob.
     runs = {
-        f"{k.task}-{i}": (k.task, setting)
-        for k in p.knobs
-        for i, setting in enumerate(k.settings)
+        f"{k.task}-{i}": (k.task, setting) for k in p.knobs for i, setting in enumerate(k.settings)
     }
     plain = tuple(t for t in p.tasks if t not in knobbed)
     jobs = []

@@ -53,11 +53,20 @@ class Endpoint:
 
 PRIMARIES = (
     Endpoint("acc_far", "retrieval accuracy at 1k-4k (all tasks)", "higher", _mean),
-    Endpoint("id_loss", "judge-free loss on long-range identifier repeats (nats/token)", "lower", _ratio),
-    Endpoint("short_nll", "short-context loss, first window of each held-out file (nats/token)", "lower", _ratio),
+    Endpoint(
+        "id_loss", "judge-free loss on long-range identifier repeats (nats/token)", "lower", _ratio
+    ),
+    Endpoint(
+        "short_nll",
+        "short-context loss, first window of each held-out file (nats/token)",
+        "lower",
+        _ratio,
+    ),
 )
 SECONDARY = (
-    Endpoint("longppl_nll", "LongPPL loss with the independent judge (nats/token)", "lower", _ratio),
+    Endpoint(
+        "longppl_nll", "LongPPL loss with the independent judge (nats/token)", "lower", _ratio
+    ),
 )
 ENDPOINTS = PRIMARIES + SECONDARY
 PRIMARY_ARM, REFERENCE_ARM = "dense", "uniform"  # the comparison the primaries are about

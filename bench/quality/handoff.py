@@ -26,13 +26,22 @@ PART_BYTES = 15 * 2**20
 MAX_PARTS = 8
 PREFIX = "export.tar."
 SMALL_SUFFIXES = (".json", ".jsonl", ".log", ".txt")
-SKIP_PARTS = ("checkpoints", "shards-short", "shards-long", "init", "scorer", "carried")  # big, or rebuilt
+SKIP_PARTS = (
+    "checkpoints",
+    "shards-short",
+    "shards-long",
+    "init",
+    "scorer",
+    "carried",
+)  # big, or rebuilt
 EXPORTABLE_MODELS = {"pretrain": ("pretrain", "model"), "judge": ("extend", "judge", "model")}
 
 
 def first_run_export(ctx, repo: Path, dest: Path, models: list[str]) -> list[Path]:
     """The first replication's export: its results JSON, RESULTS.md and plots in the checkout."""
-    chosen = {Path(*EXPORTABLE_MODELS[m]).as_posix(): ctx.path(*EXPORTABLE_MODELS[m]) for m in models}
+    chosen = {
+        Path(*EXPORTABLE_MODELS[m]).as_posix(): ctx.path(*EXPORTABLE_MODELS[m]) for m in models
+    }
     return export(ctx.work, [ctx.results, ctx.doc, ctx.plots], repo, dest, chosen)
 
 

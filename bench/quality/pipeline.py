@@ -28,14 +28,14 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-
 from . import block_estimate, block_pipeline, handoff
 from . import estimate as estimate_module
 from .block_profiles import BLOCK_PROFILES
 from .jobs import PipelineError, Runner
 from .profiles import ARMS, PROFILES
 from .stages import STAGES, Context
+
+REPO = Path(__file__).resolve().parents[2]
 
 ORDER = list(STAGES)
 REPORTING = {"report", "bundle"}  # stages that only read what the others computed
@@ -61,9 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         help=f"{', '.join(GROUPS)}, estimate, unpack, or some of: {', '.join(ORDER)}; for the "
         f"block profiles: {', '.join(block_pipeline.GROUPS)}, report, or stages by name",
     )
-    parser.add_argument(
-        "--profile", choices=sorted({*PROFILES, *BLOCK_PROFILES}), default="h200"
-    )
+    parser.add_argument("--profile", choices=sorted({*PROFILES, *BLOCK_PROFILES}), default="h200")
     parser.add_argument("--block", type=int, help="block profiles: the block's number and seed")
     parser.add_argument("--work", help="working directory (default runs/quality/PROFILE)")
     parser.add_argument(
