@@ -66,3 +66,48 @@ def test_eval_errors(tiny_model_dir, heldout, tmp_path, capsys):
     assert "lower --seq-len" in capsys.readouterr().err
     assert _run(tiny_model_dir, tmp_path / "none.jsonl", out, "--seq-len", "256") == 1
     assert "not found" in capsys.readouterr().err
+
+
+CALIBRATED = ["--tasks", "passkey", "kv", "idrecall", "--passkey-distractors", "3"]
+CALIBRATED += ["--passkey-differ", "1", "--kv-pairs", "12", "--kv-shared", "1"]
+
+
+def test_eval_writes_paired_records_for_the_calibrated_tasks(tiny_model_dir, heldout, tmp_path):
+    extra = [*CALIBRATED, "--max-sequences", "7", "--short-files", "5", "--items-per-bucket", "3"]
+    extra += ["--seq-len", "512", "--window", "64", "--choices", "2"]
+    result = _eval(tiny_model_dir, heldout, tmp_path / "c.json", *extra)
+    assert result["format"] == "tokenweight-eval-2"
+    items = result["items"]
+    records = items["retrieval"]
+    assert {r["task"] for r in records} == {"passkey", "kv", "idrecall"}
+    ids = [r["id"] for r in records] + [r["id"] for r in items["id_loss"]]
+    assert len(ids) == len(set(ids))
+    assert all(r["file"] in items["long_files"] for r in records if r["task"] == "idrecall")
+    assert len(items["long_files"]) == len(items["position_ce"]) == 7
+    assert len(items["short_files"]) == len(items["short_ce"]) == 5
+    assert items["id_loss"] and all(r["distance"] > 64 for r in items["id_loss"])
+    loss = result["id_loss"]
+    total = sum(r["nll"] for r in items["id_loss"]) / sum(r["tokens"] for r in items["id_loss"])
+    assert loss["value"] == pytest.approx(total, rel=1e-4)
+    passkey = result["retrieval"]["tasks"]["passkey"]
+    assert passkey["overall"]["ci_method"] == "wilson" and passkey["overall"]["items"] == 3 * 4
+    assert all(r["bucket"] for r in records if r["task"] != "idrecall")
+    # Another eval of the same items (here: the same model again) pairs record for record.
+    again = _eval(tiny_model_dir, heldout, tmp_path / "d.json", *extra)
+    assert [r["id"] for r in again["items"]["retrieval"]] == [r["id"] for r in records]
+    assert again["items"]["id_loss"] == items["id_loss"]
+
+
+def test_idrecall_needs_files_and_knobs_are_checked(tiny_model_dir, heldout, tmp_path, capsys):
+    shards = tmp_path / "shards"
+    prepare(tiny_model_dir, [heldout], 256, shards, progress=False)
+    out = tmp_path / "x.json"
+    assert _run(tiny_model_dir, shards, out, *SIZE, "--tasks", "idrecall") == 1
+    assert "idrecall reads held-out files" in capsys.readouterr().err
+    far = ["--tasks", "idrecall", "--id-min-distance", "250"]
+    assert _run(tiny_model_dir, heldout, out, *SIZE, *far) == 1
+    assert "no idrecall item" in capsys.readouterr().err
+    assert _run(tiny_model_dir, heldout, out, *SIZE, "--tasks", "kv", "--kv-shared", "5") == 1
+    assert "--kv-shared must be in [0, 2]" in capsys.readouterr().err
+    assert _run(tiny_model_dir, heldout, out, *SIZE, "--id-absent", "0") == 1
+    assert "--id-absent must be in [1, --seq-len)" in capsys.readouterr().err

@@ -42,7 +42,9 @@ def _items(setup, task, seed=0, per_bucket=4, **knobs):
 
 def _occurrences(ids: np.ndarray, part: np.ndarray) -> list[int]:
     """Every index where `part` occurs in `ids`, by brute force."""
-    return [i for i in range(len(ids) - len(part) + 1) if np.array_equal(ids[i : i + len(part)], part)]
+    return [
+        i for i in range(len(ids) - len(part) + 1) if np.array_equal(ids[i : i + len(part)], part)
+    ]
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -89,7 +91,7 @@ def test_passkey_decoys_are_look_alikes_in_the_context(setup):
     tok = setup[0]
     for item in _items(setup, "passkey", passkey_distractors=6, passkey_differ=1):
         text = tok.decode(item.prompt.tolist(), skip_special_tokens=True)
-        decoys = re.findall(rf"^# (?:{'|'.join(DECOY_LABELS)}):( \d{{5}})$", text, re.M)
+        decoys = re.findall(rf"^# (?:{'|'.join(DECOY_LABELS)}):( \d{{5}})$", text, re.MULTILINE)
         assert len(decoys) == 6 and item.value not in decoys
         for d in decoys:
             assert sum(x != y for x, y in zip(d, item.value)) == 1
@@ -114,6 +116,7 @@ def test_kv_lines_share_one_form_and_keys_differ_by_one_letter(setup):
     [
         ({"passkey_differ": 0}, "--passkey-differ"),
         ({"passkey_distractors": -1}, "--passkey-distractors"),
+        ({"passkey_distractors": 41, "passkey_differ": 1}, "--passkey-distractors"),
         ({"kv_shared": 3}, "--kv-shared"),
         ({"kv_pairs": 24, "kv_shared": 2}, "--kv-pairs"),
     ],

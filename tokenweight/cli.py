@@ -17,6 +17,7 @@ COMMANDS = {
     "corpus": ("tokenweight.trainer.corpus", "collect this machine's Python sources into a train/held-out corpus"),
     "tokenizer": ("tokenweight.trainer.tokenizer", "train a byte-level BPE tokenizer on a corpus"),
     "eval": ("tokenweight.trainer.evals.cli", "long-context evals: retrieval by distance, perplexity by position"),
+    "diagnose": ("tokenweight.trainer.evals.diagnose", "compare scorers on held-out files: weight rank agreement, AUROC for long-range repeats"),
 }
 
 

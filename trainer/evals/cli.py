@@ -22,7 +22,13 @@ from . import perplexity as ppl
 from .filler import Filler, code_blocks
 from .heldout import HeldOutError, load_heldout
 from .identifiers import long_range_repeats
-from .idrecall import IdRecallConfig, SourceFile, id_loss_records, id_loss_summary, idrecall_items
+from .idrecall import (
+    IdRecallConfig,
+    id_loss_records,
+    id_loss_summary,
+    idrecall_items,
+    source_files,
+)
 from .retrieval import accuracy_summary, answer_items, label_buckets
 from .stats import doubling_edges
 from .tasks import TASKS, Codec, TaskConfig, TaskError, generate
@@ -56,7 +62,7 @@ class EvalConfig:
     kv_pairs: int = 32  # `key = value` lines of the kv task
     kv_shared: int = 0  # leading letters of the 3-letter key suffix that all keys share
     id_min_distance: int | None = None  # idrecall: first sighting this far back; default window
-    id_absent: int | None = None  # idrecall: name absent from this many last tokens; default window
+    id_absent: int | None = None  # idrecall: name absent from this many last tokens; def. window
     id_per_file: int = 8  # idrecall items per held-out file at most
     max_sequences: int = 256
     short_files: int | None = None  # files in the short-context metric; default max_sequences
@@ -236,7 +242,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         kv_shared=cfg.kv_shared,
         seed=cfg.seed,
     )
-    files = _source_files(heldout)
+    files = source_files(heldout)
     items = []
     for task in cfg.tasks:
         if task == "idrecall":
@@ -249,7 +255,13 @@ def evaluate(cfg: EvalConfig) -> dict:
                 cfg.choices,
                 cfg.seed,
             )
-            items += idrecall_items(files, id_cfg, codec)
+            found = idrecall_items(files, id_cfg, codec)
+            if not found:
+                raise EvalError(
+                    "no idrecall item in the held-out files: give more or longer files, or "
+                    "lower --id-min-distance / --id-absent"
+                )
+            items += found
         else:
             items += generate(task, task_cfg, codec, filler)
 
@@ -266,7 +278,7 @@ def evaluate(cfg: EvalConfig) -> dict:
             raise EvalError(f"{exc} (is --tokenizer the model's tokenizer?)") from None
 
     label_buckets(records, edges)
-    id_loss = id_loss_records(files, model_logps, window, edges)
+    id_loss = id_loss_records(files, model_logps, window)
     keys = ppl.KeyTokens(cfg.key_gain, cfg.key_min_logp)
     masks = [keys.mask(ll, ls) for ll, ls in contrast]
     pos_ce, pos_n = ppl.position_sums(model_logps, edges)
@@ -326,7 +338,8 @@ def headline(result: dict) -> str:
     return (
         f"ppl {p['by_position']['overall']['value']:.3f}, long-range ppl {p['long_range']['value']:.3f} "
         f"({p['long_range']['key_fraction']:.1%} of tokens), short-context ppl "
-        f"{p['short_context']['value']:.3f}; {far}retrieval accuracy: {acc}; {result['elapsed_s']:.1f} s"
+        f"{p['short_context']['value']:.3f}; {far}retrieval accuracy: {acc}; "
+        f"{result['elapsed_s']:.1f} s"
     )
 
 
@@ -354,15 +367,6 @@ def _check(cfg: EvalConfig) -> None:
             raise EvalError(f"{flag} must be in [1, --seq-len), got {value}")
     if cfg.scorer_url and cfg.scorer_model:
         raise EvalError("give the judge as --scorer-url or as --scorer-model, not both")
-
-
-def _source_files(heldout) -> list[SourceFile]:
-    return [
-        SourceFile(fid, text, ids, offsets)
-        for fid, text, ids, offsets in zip(
-            heldout.long_ids, heldout.long_texts, heldout.long, heldout.long_offsets
-        )
-    ]
 
 
 def _batched(fn, sequences: list, size: int, bar) -> list:

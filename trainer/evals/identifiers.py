@@ -99,7 +99,7 @@ def repeat_sites(text: str, offsets, min_distance: int, absent: int) -> list[Sit
         if start < 0 or stop < 0:  # past the end of the token sequence
             break
         if name in first and lo in code and not keyword.iskeyword(name):
-            tok_lo, tok_hi = offsets[start]
+            tok_lo = offsets[start][0]
             prefix = text[tok_lo:lo]
             if (
                 offsets[stop][1] == hi

@@ -18,7 +18,7 @@ import numpy as np
 
 from .identifiers import identifier_spans, repeat_sites
 from .records import site_id
-from .stats import bucket_index, bucket_labels, nll_stat, summarize
+from .stats import bucket_index, bucket_labels, ratio_stat, summarize
 from .tasks import Codec, Item
 
 
@@ -41,6 +41,16 @@ class IdRecallConfig:
     seed: int = 0
 
 
+def source_files(heldout) -> list[SourceFile]:
+    """The long held-out sequences with their text (file units only)."""
+    return [
+        SourceFile(fid, text, ids, offsets)
+        for fid, text, ids, offsets in zip(
+            heldout.long_ids, heldout.long_texts, heldout.long, heldout.long_offsets
+        )
+    ]
+
+
 def idrecall_items(files: list[SourceFile], cfg: IdRecallConfig, codec: Codec) -> list[Item]:
     """At most `per_file` items per file and `items_per_bucket` per distance bucket, drawn by
     the seed; in bucket order, then by id."""
@@ -48,13 +58,14 @@ def idrecall_items(files: list[SourceFile], cfg: IdRecallConfig, codec: Codec) -
     for f in files:
         rng = random.Random(f"{cfg.seed}/idrecall/{f.id}")
         sites = repeat_sites(f.text, f.offsets, cfg.min_distance, cfg.absent)
+        spans = identifier_spans(f.text)
         rng.shuffle(sites)
         made = 0
         for site in sites:
             if made == cfg.per_file:
                 break
             bucket = int(bucket_index([site.distance], list(cfg.edges))[0])
-            if bucket < 0 or (item := _item(f, site, bucket, rng, cfg, codec)) is None:
+            if bucket < 0 or (item := _item(f, spans, site, bucket, rng, cfg, codec)) is None:
                 continue
             by_bucket.setdefault(bucket, []).append(item)
             made += 1
@@ -68,12 +79,12 @@ def idrecall_items(files: list[SourceFile], cfg: IdRecallConfig, codec: Codec) -
     return items
 
 
-def _item(f: SourceFile, site, bucket: int, rng, cfg: IdRecallConfig, codec: Codec):
+def _item(f: SourceFile, spans, site, bucket: int, rng, cfg: IdRecallConfig, codec: Codec):
     answer = f.ids[site.start : site.end]
     if not np.array_equal(codec.ids(site.prefix + site.name), answer):
         return None  # the name tokenizes differently on its own: no fair stand-in exists
     cut = f.offsets[site.start][0]
-    seen = sorted({name for name, lo, _ in identifier_spans(f.text[:cut]) if name != site.name})
+    seen = sorted({name for name, _, hi in spans if hi <= cut and name != site.name})
     same_length = [n for n in seen if len(codec.ids(site.prefix + n)) == len(answer)]
     if len(same_length) < cfg.choices - 1:
         return None
@@ -95,25 +106,20 @@ def _item(f: SourceFile, site, bucket: int, rng, cfg: IdRecallConfig, codec: Cod
     )
 
 
-def id_loss_records(
-    files: list[SourceFile], logps: list[np.ndarray], window: int, edges: list[int]
-) -> list[dict]:
+def id_loss_records(files: list[SourceFile], logps: list[np.ndarray], window: int) -> list[dict]:
     """One record per identifier occurrence whose name was seen before but not in the last
     `window` tokens: the model's summed NLL of its tokens (`logps` are target-aligned: entry
     j scores token j + 1)."""
     records = []
-    labels = bucket_labels(edges)
     for f, lp in zip(files, logps):
         for site in repeat_sites(f.text, f.offsets, window, window):
             nll = -float(lp[site.start - 1 : site.end - 1].sum(dtype=np.float64))
-            bucket = int(bucket_index([site.start - site.previous], edges)[0])
             records.append(
                 {
                     "id": site_id("idloss", f.id, site.start),
                     "file": f.id,
                     "position": site.start,
                     "distance": site.start - site.previous,
-                    "bucket": labels[bucket] if bucket >= 0 else "",
                     "tokens": site.end - site.start,
                     "nll": round(nll, 4),
                 }
@@ -136,11 +142,14 @@ def id_loss_summary(records: list[dict], edges: list[int], seed: int = 0) -> dic
     tokens = np.asarray([r["tokens"] for r in records], dtype=np.float64)
     buckets = bucket_index([r["distance"] for r in records], edges)
     by_distance = [
-        {"bucket": label, **summarize(nll_stat, nll[buckets == b], tokens[buckets == b], seed=seed)}
+        {
+            "bucket": label,
+            **summarize(ratio_stat, nll[buckets == b], tokens[buckets == b], seed=seed),
+        }
         for b, label in enumerate(bucket_labels(edges))
     ]
     return {
-        **summarize(nll_stat, nll, tokens, seed=seed),
+        **summarize(ratio_stat, nll, tokens, seed=seed),
         "tokens": int(tokens.sum()),
         "by_distance": by_distance,
     }

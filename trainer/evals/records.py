@@ -35,7 +35,8 @@ New options (EvalConfig field = flag; defaults keep `tokenweight-eval-1` behavio
 - `--tasks` also accepts `kv` and `idrecall` (default unchanged: dict passkey chain);
 - `--passkey-distractors N` (0): lines `# <label>: <number>` of the passkey's form, scattered
   between the passkey and the query, their numbers the first candidates; `--passkey-differ D`
-  (5): distractor numbers differ from the passkey in D of its 5 digits (1 = look-alikes);
+  (5): decoy numbers differ from the passkey in exactly D of its 5 digits (1 = look-alikes;
+  5 = any other 5-digit number);
 - `--kv-pairs N` (32): `key = value` lines of identical form; `--kv-shared S` (0): leading
   letters of the 3-letter key suffix all keys share (2 = keys differing in one letter);
 - `--id-min-distance D` (default window): idrecall's first sighting at least D tokens back;
@@ -45,14 +46,25 @@ New options (EvalConfig field = flag; defaults keep `tokenweight-eval-1` behavio
 - `--short-files N` (default --max-sequences): held-out files in the short-context metric.
 Judge-dependent LongPPL stays as before (the judge is `--scorer-model` or `--scorer-url`).
 
-Statistics for the report (trainer/evals/stats.py): `wilson(successes, n)`,
-`paired_bca(a, b, stat)` (paired bootstrap over items, BCa; reports `degenerate: true` instead
-of a zero-width interval), `hierarchical_bootstrap(blocks, stat)` (resample blocks, then items
-within each block), `holm(p_values)`, `verdict(ci, margin=0.02)` -> "held" | "contradicted" |
-"not resolved" | "equivalent", `align(records_a, records_b)` (pairs records by `id`).
-Scorer diagnostics: `tokenweight diagnose` (trainer/evals/diagnose.py): Spearman rank agreement
-of two scorers' token weights on the same sequences, and the AUROC of each scorer's |delta| for
-finding the `id_loss` tokens.
+Statistics for the report (trainer/evals/stats.py; `stat` is `mean_stat` for credits,
+`ratio_stat(nll, tokens)` for losses, `ppl_stat(ce, n)` for perplexities):
+- `cluster_sums(records, ("nll", "tokens"))` or `(..., ("credit",))`: one record per file
+  (`id` = file id, the sums and `items`), for resampling files rather than the correlated
+  occurrences within a file (`ratio_stat(credit, items)` is then the accuracy);
+- `wilson(successes, n)` -> `{value, ci, items}`;
+- `paired_bca(stat, [a arrays], [b arrays])` -> `{value, ci, items, p}`: arm A minus arm B on
+  the same items (pair them first with `align(records_a, records_b)`, by `id`), BCa bootstrap;
+  `degenerate: true` (NaN bounds) instead of a zero-width interval;
+- `hierarchical_bootstrap(stat, [(a arrays, b arrays) per block])` -> `{value, ci, p,
+  per_block}`: blocks resampled, then items within each drawn block;
+- `holm({endpoint: p})` -> `{endpoint: {p, p_holm, rejected}}`;
+- `verdict(ci, margin=0.02, better="higher"|"lower")` -> "held" | "contradicted" |
+  "equivalent" | "not resolved" (a degenerate interval is "not resolved").
+Scorer diagnostics, `tokenweight diagnose --scorer A --scorer B --data heldout.jsonl --seq-len
+L --window W --out d.json` (diagnose.py; format `tokenweight-diagnose-1`): `rank_agreement
+{pooled, per_sequence_median}` (Spearman of A's and B's token weights under `--preset`, dense by
+default) and `scorers[] {model, fingerprint, auroc}` (AUROC of |logp_long - logp_short| for the
+`id_loss` tokens against all others); `repeat_tokens`, `tokens`.
 """
 
 import hashlib

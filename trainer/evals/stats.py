@@ -8,7 +8,9 @@
   blocks resampled, then items within each drawn block;
 - `holm`, `bootstrap_p`: multiplicity correction for a family of primary endpoints;
 - `verdict`: a claim's status from an interval and an equivalence margin;
-- `align`: per-item records of two evals paired by their stable ids (records.py).
+- `align`: per-item records of two evals paired by their stable ids (records.py);
+  `cluster_sums`: records summed per file, the unit to resample when a file's items are
+  not independent of each other (many identifier repeats of one file).
 A statistic is a function of per-item arrays indexed `[..., n_items]` that reduces the last
 axis (`mean_stat`, `ppl_stat`), so one vectorised call does many resamples. An interval whose
 resamples all agree says `degenerate: true`: it carries no information, it is not certainty.
@@ -65,10 +67,11 @@ def ppl_stat(ce: np.ndarray, n: np.ndarray) -> np.ndarray:
         return np.exp(ce.sum(axis=-1) / n.sum(axis=-1))
 
 
-def nll_stat(ce: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """Mean loss per token of the items together (nats): total CE / total tokens."""
+def ratio_stat(total: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Total over count of the items together: mean NLL per token from (nll, tokens), or
+    accuracy per item from file clusters' (credit, items)."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        return ce.sum(axis=-1) / n.sum(axis=-1)
+        return total.sum(axis=-1) / count.sum(axis=-1)
 
 
 def point(stat, *arrays) -> float:
@@ -144,6 +147,7 @@ def paired_bca(
         return _degenerate(value, n)
     with warnings.catch_warnings():
         warnings.simplefilter("error", DegenerateDataWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)  # 0/0 acceleration: caught below
         try:
             res = bootstrap(
                 arrays,
@@ -285,3 +289,15 @@ def align(a: list[dict], b: list[dict], key: str = "id") -> tuple[list[dict], li
             left.append(r)
             right.append(index_b[r[key]])
     return left, right
+
+
+def cluster_sums(records: list[dict], fields: tuple[str, ...], key: str = "file") -> list[dict]:
+    """One record per `key` value (a file), `id` = that value: the sums of `fields` over its
+    records and their count as `items`; in order of first appearance."""
+    out: dict[str, dict] = {}
+    for r in records:
+        c = out.setdefault(r[key], {"id": r[key], **dict.fromkeys(fields, 0.0), "items": 0})
+        for f in fields:
+            c[f] += r[f]
+        c["items"] += 1
+    return list(out.values())

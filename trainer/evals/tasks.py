@@ -37,6 +37,7 @@ DECOY_LABELS = ("passcode", "checksum", "pin", "seed", "port", "build", "serial"
 GAP = None  # a place in a draft where filler goes
 LETTERS = "abcdefghjkmnpqrstuvwxyz"
 KEY_LETTERS = 3  # letters of a kv key's suffix
+MAX_DECOYS = 40  # fewer than the 44 numbers one digit off a passkey, the fewest there are
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,10 @@ class TaskConfig:
     def check(self) -> None:
         if not 1 <= self.passkey_differ <= 5:
             raise TaskError(f"--passkey-differ must be in [1, 5], got {self.passkey_differ}")
-        if self.passkey_distractors < 0:
-            raise TaskError(f"--passkey-distractors must be >= 0, got {self.passkey_distractors}")
+        if not 0 <= self.passkey_distractors <= MAX_DECOYS:
+            raise TaskError(
+                f"--passkey-distractors must be in [0, {MAX_DECOYS}], got {self.passkey_distractors}"
+            )
         if not 0 <= self.kv_shared <= 2:
             raise TaskError(f"--kv-shared must be in [0, 2], got {self.kv_shared}")
         capacity = len(LETTERS) ** (KEY_LETTERS - self.kv_shared)
