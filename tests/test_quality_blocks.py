@@ -31,8 +31,13 @@ def fake_eval(rng, accuracy: float, id_nll: float, short_nll: float) -> dict:
         }
         for i in range(ITEMS)
     ]
-    id_loss = [
-        {"id": f"idloss/f{i}/7", "nll": float(rng.normal(id_nll * 2, 0.1)), "tokens": 2}
+    id_loss = [  # ten repeats per file: the file is the unit the bootstrap resamples
+        {
+            "id": f"idloss/f{i % 30}/{i}",
+            "file": f"f{i % 30}",
+            "nll": float(rng.normal(id_nll * (1 + i % 2), 0.1)),
+            "tokens": 1 + i % 2,
+        }
         for i in range(ITEMS)
     ]
     files = [f"f{i}" for i in range(50)]
@@ -84,10 +89,14 @@ def test_record_pairs_items_by_id_and_reproduces_brute_force(tmp_path):
         return np.mean([r["credit"] for r in e["items"]["retrieval"] if 64 <= r["distance"] < 256])
 
     assert record["deltas"]["dense"]["acc_far"]["value"] == pytest.approx(far(dense) - far(uniform))
-    assert record["arms"]["dense"]["endpoints"]["acc_far"]["items"] == ITEMS - ITEMS // 3
+    assert record["arms"]["dense"]["endpoints"]["acc_far"]["clusters"] == ITEMS - ITEMS // 3
     # LongPPL leaves out the files where the judge marked nothing (no 0/0).
-    assert record["arms"]["dense"]["endpoints"]["longppl_nll"]["items"] == 40
+    assert record["arms"]["dense"]["endpoints"]["longppl_nll"]["clusters"] == 40
     assert record["arms"]["dense"]["endpoints"]["longppl_nll"]["value"] == pytest.approx(1.0)
+    repeats = record["arms"]["dense"]["endpoints"]["id_loss"]
+    nll = [r["nll"] for r in dense["items"]["id_loss"]]
+    tokens = [r["tokens"] for r in dense["items"]["id_loss"]]
+    assert repeats["clusters"] == 30 and repeats["value"] == pytest.approx(sum(nll) / sum(tokens))
     wilson = record["arms"]["uniform"]["tasks"]["kv"]
     assert wilson["ci_method"] == "wilson" and wilson["ci"][0] < wilson["value"] < wilson["ci"][1]
     assert record["progress"]["blocks_done"] == [1]

@@ -44,7 +44,7 @@ def write(ctx) -> dict:
     arms, pairs, deltas = {}, {}, {}
     for name, e in evals.items():
         arms[name] = {
-            "endpoints": {ep.key: _value(ep, *ep.items(e, lo, hi)[1]) for ep in ENDPOINTS},
+            "endpoints": {ep.key: _value(ep, ep.arrays(ep.records(e, lo, hi))) for ep in ENDPOINTS},
             "tasks": _task_accuracy(e, lo, hi),
         }
         if name == REFERENCE_ARM:
@@ -124,9 +124,9 @@ def _diagnostics(path: Path) -> dict | None:
     }
 
 
-def _value(ep, *arrays) -> dict:
+def _value(ep, arrays: list[np.ndarray]) -> dict:
     n = int(arrays[0].shape[0])
-    return {"value": float(ep.stat(*arrays)) if n else float("nan"), "items": n}
+    return {"value": float(ep.stat(*arrays)) if n else float("nan"), "clusters": n}
 
 
 def _task_accuracy(e: dict, lo: int, hi: int) -> dict:
