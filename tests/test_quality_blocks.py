@@ -70,7 +70,7 @@ def make_block(tmp_path, block: int, dense_gain: float) -> BlockContext:
         tmp_path / "calibration.json",
         tmp_path / "results",
     )
-    for arm in ["base", *(a.name for a in profile.arms)]:
+    for arm in (a.name for a in profile.arms):
         gain = dense_gain if arm == "dense" else 0.0
         e = fake_eval(rng, 0.5 + gain, 1.0 - gain, 2.0)
         path = ctx.block_path("eval", f"{arm}.json")

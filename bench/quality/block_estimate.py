@@ -50,7 +50,7 @@ def block_flops(p: BlockProfile) -> dict[str, tuple[float, int]]:
     return {
         "pretrain": (_train(p, p.trainee, p.pretrain_steps, p.pretrain.batch, p.short_len), 1),
         "extend": (extend, len(p.arms)),
-        "eval": ((len(p.arms) + 1) * _eval(p, p.trainee), len(p.arms) + 1),
+        "eval": (len(p.arms) * _eval(p, p.trainee), len(p.arms)),
     }
 
 
@@ -69,23 +69,38 @@ def pilot_flops(p: BlockProfile) -> dict[str, tuple[float, int]]:
     }
 
 
+# Which device call of the documented sequence runs each stage (block_pipeline.GROUPS).
+CALL = {
+    "corpus": "a", "tokenizer": "a", "prepare": "a", "weak": "a", "pretrain": "a",
+    "pilot-pretrain": "b", "pilot-extend": "b", "calibrate": "b", "extend": "b", "eval": "c",
+}  # fmt: skip
+
+
 def table(p: BlockProfile, tflops: float) -> str:
     rate = tflops * 1e12
     rows = [
         f"Assumed {tflops:.0f} TFLOP/s sustained on one GPU; jobs side by side share it.",
         "",
-        "| part | stage | PFLOPs | jobs | expected |",
-        "|---|---|---:|---:|---:|",
+        "| part | call | stage | PFLOPs | jobs | expected |",
+        "|---|---|---|---:|---:|---:|",
     ]
     for part, stages in (("pilot", pilot_flops(p)), ("block", block_flops(p))):
         cpu = {k: v for k, v in CPU_STAGES_S.items() if part == "pilot" or k != "tokenizer"}
-        total = sum(cpu.values())
-        rows += [f"| {part} | {name} (CPU) | | 1 | {s / 60:.1f} min |" for name, s in cpu.items()]
+        seconds = {name: (None, 1, s) for name, s in cpu.items()}
         for stage, (flops, jobs) in stages.items():
-            seconds = flops / rate + STARTUP_S * max(1, jobs // p.jobs_per_device)
-            total += seconds
-            rows.append(
-                f"| {part} | {stage} | {flops / 1e15:.1f} | {jobs} | {seconds / 60:.1f} min |"
+            seconds[stage] = (
+                flops,
+                jobs,
+                flops / rate + STARTUP_S * max(1, jobs // p.jobs_per_device),
             )
-        rows.append(f"| **{part}** | | | | **{total / 60:.1f} min** |")
+        calls: dict[str, float] = {}
+        for stage, (flops, jobs, s) in seconds.items():
+            calls[CALL[stage]] = calls.get(CALL[stage], 0.0) + s
+            shown = "" if flops is None else f"{flops / 1e15:.1f}"
+            name = stage + (" (CPU)" if flops is None else "")
+            rows.append(
+                f"| {part} | {part}-{CALL[stage]} | {name} | {shown} | {jobs} | {s / 60:.1f} min |"
+            )
+        per_call = ", ".join(f"{part}-{c} {s / 60:.1f}" for c, s in calls.items())
+        rows.append(f"| **{part}** | {per_call} | | | | **{sum(calls.values()) / 60:.1f} min** |")
     return "\n".join(rows)

@@ -96,9 +96,9 @@ class BlockProfile:
     tasks: tuple[str, ...] = ("passkey", "kv", "idrecall")
     knobs: tuple[Knob, ...] = ()
     target_accuracy: tuple[float, float] = (0.3, 0.85)  # uniform at distance 1k-4k
-    items_per_bucket: int = 200  # 3 tasks x 2 buckets at 1k-4k x 200 = 1200 paired items
-    calibration_items_per_bucket: int = 100  # per knob setting: 200 items at 1k-4k
-    eval_max_sequences: int = 256
+    items_per_bucket: int = 170  # 3 tasks x 2 buckets at 1k-4k x 170 = 1020 paired items
+    calibration_items_per_bucket: int = 60  # per knob setting: 120 items at 1k-4k
+    eval_max_sequences: int = 128  # held-out files: id_loss, short-context and LongPPL
     jobs_per_device: int = 4
     carried: Path = CARRIED
     calibration: Path = CALIBRATION
@@ -179,7 +179,7 @@ BLOCK_PROFILES = {
         pretrain_tokens=100_000_000,
         pretrain=Training(steps=0, batch=128, micro_batch=64, lr=1e-3, min_lr=1e-4, warmup=100),
         weak_tokens=150_000_000,
-        pilot_tokens=40_000_000,
+        pilot_tokens=30_000_000,
         # 80 x 16 x 4096 = 5.2M tokens per arm.
         extend=Training(steps=80, batch=16, micro_batch=8, lr=3e-4, min_lr=3e-5, warmup=8),
         judge_extend=Training(steps=150, batch=16, micro_batch=16, lr=3e-4, min_lr=3e-5, warmup=15),

@@ -34,7 +34,7 @@ def record_path(results: Path, block: int) -> Path:
 def write(ctx) -> dict:
     p = ctx.profile
     evals = {}
-    for name in ["base", *(arm.name for arm in p.arms)]:
+    for name in (arm.name for arm in p.arms):
         path = ctx.block_path("eval", f"{name}.json")
         if not path.is_file():
             raise PipelineError(f"{path} not found: run the block's eval stage first")

@@ -225,10 +225,9 @@ def extend(ctx: BlockContext) -> None:
 
 
 def evaluate(ctx: BlockContext) -> None:
-    """Every arm and the unextended base, with the frozen task settings and the carried judge.
-    The block's seed draws the synthetic items, so items vary across blocks as models do."""
-    models = {"base": ctx.block_path("pretrain", "model")}
-    models |= {arm.name: ctx.block_path("extend", arm.name, "model") for arm in ctx.profile.arms}
+    """Every arm, with the frozen task settings and the carried judge. The block's seed draws
+    the synthetic items, so items vary across blocks as models do."""
+    models = {arm.name: ctx.block_path("extend", arm.name, "model") for arm in ctx.profile.arms}
     eval_flags = calibrate_module.eval_flags(ctx)
     jobs = []
     for name, model in models.items():
