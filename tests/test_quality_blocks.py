@@ -221,3 +221,34 @@ def test_equal_flops_arm_and_published_longce():
     assert 28e6 < params(p.trainee) < 31e6
     assert 0.2 < params(p.weak) / params(p.trainee) < 0.3 and params(p.weak) * 2 < 15e6
     assert math.ceil(p.pretrain_tokens / (p.pretrain.batch * p.short_len)) == p.pretrain_steps
+
+
+def test_block_export_keeps_results_and_drops_models(tmp_path):
+    from bench.quality import handoff
+
+    work, repo = tmp_path / "work", tmp_path / "repo"
+    files = {
+        work / "block-1" / "eval" / "dense.json": "{}",
+        work / "block-1" / "extend" / "dense" / "metrics.jsonl": "{}\n",
+        work / "block-1" / "extend" / "dense" / "model" / "config.json": "{}",  # a model: stays
+        work / "block-1" / "scorer" / "base" / "config.json": "{}",  # rebuilt: stays
+        work / "corpus" / "manifest.json": "{}",
+        work / "corpus" / "train.jsonl": "{}\n",  # rebuilt from the machine's files: stays
+        repo / "bench" / "results" / "quality_block1.json": "{}",
+        repo / "bench" / "quality" / "carried" / "weak" / "config.json": "{}",
+    }
+    for path, text in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    repo_paths = [repo / "bench" / "results", repo / "bench" / "quality" / "carried"]
+    handoff.export(work, repo_paths, repo, tmp_path / "out", {})
+    work2, repo2 = tmp_path / "work2", tmp_path / "repo2"
+    handoff.unpack(tmp_path / "out", work2, repo2)
+    came = {p.relative_to(tmp_path).as_posix() for p in tmp_path.glob("*2/**/*") if p.is_file()}
+    assert came == {
+        "work2/block-1/eval/dense.json",
+        "work2/block-1/extend/dense/metrics.jsonl",
+        "work2/corpus/manifest.json",
+        "repo2/bench/results/quality_block1.json",
+        "repo2/bench/quality/carried/weak/config.json",
+    }

@@ -49,6 +49,7 @@ TRAIN_FILE, HELDOUT_FILE, LONG_FILE = "train.jsonl", "heldout.jsonl", "long.json
 MANIFEST_FILE = "manifest.json"
 SPLIT_FILES = {"train": TRAIN_FILE, "heldout": HELDOUT_FILE, "long": LONG_FILE}
 SPLIT_RANK = {"train": 0, "long": 1, "heldout": 2}  # near-dups: the lower rank keeps its file
+PARALLEL_FROM = 2000  # files: below this, MinHash signatures in this process
 SKIP_DIRS = frozenset(
     {
         "__pycache__",
@@ -386,13 +387,22 @@ def _split_by_package(files: list[_File], config: CorpusConfig) -> None:
 
 def _near_duplicates(files: list[_File], config: CorpusConfig) -> set[int]:
     """Indices of files with a near-duplicate on a side of lower SPLIT_RANK."""
-    from .near_dups import MinHashConfig, MinHasher, shadowed
+    from .near_dups import MinHashConfig, shadowed, signatures_of
 
     mh = MinHashConfig(threshold=config.near_dup_threshold, seed=config.seed)
-    hasher = MinHasher(mh)
-    signatures = np.stack([hasher.signature(f.text) for f in files]) if files else None
-    if signatures is None:
+    if not files:
         return set()
+    texts = [f.text for f in files]
+    workers = min(os.cpu_count() or 1, 16)
+    if len(texts) < PARALLEL_FROM or workers < 2:
+        signatures = signatures_of(texts, mh)
+    else:  # the whole machine's Python: one process per core, in chunks, order kept
+        from concurrent.futures import ProcessPoolExecutor
+        from functools import partial
+
+        chunks = [texts[i : i + 256] for i in range(0, len(texts), 256)]
+        with ProcessPoolExecutor(workers) as pool:
+            signatures = np.concatenate(list(pool.map(partial(signatures_of, config=mh), chunks)))
     return shadowed(signatures, [SPLIT_RANK[f.split] for f in files], mh)
 
 

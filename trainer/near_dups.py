@@ -80,6 +80,13 @@ class MinHasher:
         return out
 
 
+def signatures_of(texts: list[str], config: MinHashConfig) -> np.ndarray:
+    """Signatures of `texts`, one row each (a function of the texts alone: token ids come from
+    crc32, so chunks hashed in different processes agree)."""
+    hasher = MinHasher(config)
+    return np.stack([hasher.signature(t) for t in texts]).reshape(len(texts), config.perms)
+
+
 def shadowed(signatures: np.ndarray, ranks: list[int], config: MinHashConfig) -> set[int]:
     """Rows with a near-duplicate of a lower rank (rank 0 wins over 1, ...): the rows to drop so
     that no two ranks share a near-duplicate. Candidates are rows sharing a whole LSH band; a
