@@ -22,7 +22,7 @@ from . import block_stages, handoff
 from .block_profiles import BLOCK_PROFILES
 from .block_report import write_report
 from .block_stages import BlockContext
-from .jobs import PipelineError, Runner
+from .jobs import PipelineError, Runner, record_environment
 
 PILOT_ORDER = list(block_stages.PILOT)
 BLOCK_ORDER = list(block_stages.BLOCK) + ["report"]
@@ -50,7 +50,7 @@ def run(args, repo: Path) -> int:
         raise SystemExit("block stages need --block N (the block's number, also its seed)")
     order = BLOCK_ORDER if is_block else PILOT_ORDER
     stages = [n for n in order if n in names]
-    _record_environment(ctx, repo)
+    record_environment(ctx.path("environment.json"), ctx.runner.devices, repo)
     # The carried models go back only from the pilot that makes them (28 MB of the 64 MiB).
     repo_paths = [ctx.results, ctx.calibration, doc, plots] + ([] if is_block else [ctx.carried])
     try:
@@ -120,30 +120,3 @@ def context(args, repo: Path) -> tuple[BlockContext, Path, Path]:
         results=results,
     )
     return ctx, doc, plots
-
-
-def _record_environment(ctx: BlockContext, repo: Path) -> None:
-    import platform
-    import subprocess
-
-    import torch
-    import transformers
-
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    env = {
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "devices": [torch.cuda.get_device_name(int(d)) for d in ctx.runner.devices if d != "cpu"]
-        or ["cpu"],
-        "platform": platform.platform(),
-        "date": time.strftime("%Y-%m-%d"),
-        "commit": commit,
-        "command": " ".join(sys.argv),
-    }
-    ctx.path("environment.json").write_text(json.dumps(env, indent=2) + "\n")

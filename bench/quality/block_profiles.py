@@ -90,7 +90,7 @@ class BlockProfile:
     corpus_max_bytes: int | None = None  # None: all Python on the machine
     corpus_roots: tuple[str, ...] = ()  # stdlib subdirectories; empty: stdlib + site-packages
     heldout_fraction: float = 0.05
-    long_fraction: float = 0.15  # ~14 MB of long files from ~180 MB: > 1 epoch per arm
+    long_fraction: float = 0.15  # packages with 15% of the bytes; their long files: the pool
     long_min_bytes: int = 16384  # ~4k tokens of code: files that fill the long context
     near_dup_threshold: float = 0.8
     tasks: tuple[str, ...] = ("passkey", "kv", "idrecall")

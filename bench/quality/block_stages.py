@@ -23,7 +23,7 @@ from . import calibrate as calibrate_module
 from .block_profiles import BlockArm, BlockProfile
 from .jobs import TOKENWEIGHT, Job, PipelineError, Runner, flags, scorer_server
 from .profiles import Shape, Training
-from .stages import drop_checkpoints, trainer_argv
+from .stages import drop_checkpoints, trainer_argv, write_init
 
 CHECKPOINTS_PER_RUN = 10  # a pretraining cut off by a call's time limit loses at most 1/10
 UNIFORM = ["--weighting", "uniform"]
@@ -339,26 +339,8 @@ def _done(ctx: BlockContext, arm: BlockArm) -> bool:
 
 
 def _init(ctx: BlockContext, shape: Shape, out: Path, seed: int) -> None:
-    if (out / "config.json").is_file():
-        return
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
     p = ctx.profile
-    tok = AutoTokenizer.from_pretrained(ctx.carried / "tokenizer", local_files_only=True)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        **vars(shape),
-        max_position_embeddings=p.short_len,
-        rope_parameters={"rope_type": "default", "rope_theta": p.rope_theta},
-        tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    LlamaForCausalLM(config).save_pretrained(out)
-    tok.save_pretrained(out)
+    write_init(out, ctx.carried / "tokenizer", shape, p.short_len, p.rope_theta, seed)
 
 
 def _pretrain(ctx: BlockContext, init_dir: Path, out: Path, steps: int, seed: int) -> None:

@@ -23,7 +23,6 @@ device calls (see handoff.py); stage names may also be given one by one.
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from pathlib import Path
 from . import block_estimate, block_pipeline, handoff
 from . import estimate as estimate_module
 from .block_profiles import BLOCK_PROFILES
-from .jobs import PipelineError, Runner
+from .jobs import PipelineError, Runner, record_environment
 from .profiles import ARMS, PROFILES
 from .stages import STAGES, Context
 
@@ -135,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     # The machine that computes, not one that only re-reports, is the run's record.
     computing = bool(set(stages) - REPORTING)
     if computing:
-        _record_environment(ctx)
+        record_environment(ctx.path("environment.json"), ctx.runner.devices, REPO)
     try:
         for name in stages:
             started = time.time()
@@ -210,35 +209,6 @@ def _context(args, profile) -> Context:
 
 def _work(args, profile) -> Path:
     return Path(args.work or REPO / "runs" / "quality" / profile.name).resolve()
-
-
-def _record_environment(ctx: Context) -> None:
-    import platform
-
-    import torch
-    import transformers
-
-    env = {
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "devices": [torch.cuda.get_device_name(int(d)) for d in ctx.runner.devices if d != "cpu"]
-        or ["cpu"],
-        "platform": platform.platform(),
-        "date": time.strftime("%Y-%m-%d"),
-        "commit": _git_commit(),
-        "command": " ".join(sys.argv),
-    }
-    ctx.path("environment.json").write_text(json.dumps(env, indent=2) + "\n")
-
-
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 if __name__ == "__main__":

@@ -101,25 +101,31 @@ def prepare(ctx: Context) -> None:
 
 def init(ctx: Context) -> None:
     """The random-weight starting checkpoint, shaped by the profile."""
-    out = ctx.path("init")
+    p = ctx.profile
+    write_init(ctx.path("init"), ctx.path("tokenizer"), p.shape, p.short_len, p.rope_theta, 0)
+
+
+def write_init(
+    out: Path, tokenizer: Path, shape, max_positions: int, rope_theta: float, seed: int
+) -> None:
+    """A random-weight Llama of `shape` (tied embeddings) with its tokenizer, unless written."""
     if (out / "config.json").is_file():
         return
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(ctx.path("tokenizer"), local_files_only=True)
-    p = ctx.profile
+    tok = AutoTokenizer.from_pretrained(tokenizer, local_files_only=True)
     config = LlamaConfig(
         vocab_size=len(tok),
-        **vars(p.shape),
-        max_position_embeddings=p.short_len,
-        rope_parameters={"rope_type": "default", "rope_theta": p.rope_theta},
+        **vars(shape),
+        max_position_embeddings=max_positions,
+        rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
         tie_word_embeddings=True,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(out)
     tok.save_pretrained(out)
 
