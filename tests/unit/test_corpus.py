@@ -99,3 +99,99 @@ def test_command_line(tmp_path, roots, capsys):
     assert "not directories" in capsys.readouterr().err
     with pytest.raises(CorpusError, match="heldout-fraction"):
         _build(tmp_path, roots, heldout_fraction=1.5)
+
+
+def _module(rng, lines: int) -> list[str]:
+    words = ["alpha", "beta", "gamma", "delta", "value", "index", "total", "items", "parse"]
+    return [
+        f"    {rng.choice(words)}_{rng.randrange(1000)} = {rng.choice(words)}({rng.randrange(99)})"
+        for _ in range(lines)
+    ]
+
+
+@pytest.fixture
+def packages(tmp_path):
+    """Thirty packages of a few files each (one of them long), and a shared module that
+    every package carries in a slightly edited copy: near-duplicates across any split."""
+    import random
+
+    rng = random.Random(0)
+    root = tmp_path / "site"
+    shared = _module(rng, 120)
+    for p in range(30):
+        pkg = root / f"pkg{p:02d}"
+        pkg.mkdir(parents=True)
+        for m in range(3):
+            (pkg / f"m{m}.py").write_text("def f():\n" + "\n".join(_module(rng, 30)) + "\n")
+        (pkg / "big.py").write_text("def g():\n" + "\n".join(_module(rng, 400)) + "\n")
+        edited = list(shared)
+        edited[p] = f"    edited_{p} = {p}"  # one line of 120 changed: Jaccard ~0.95
+        (pkg / "shared.py").write_text("def h():\n" + "\n".join(edited) + "\n")
+    (root / "lone.py").write_text("def f():\n" + "\n".join(_module(rng, 30)) + "\n")
+    return root
+
+
+def _shingles(text: str) -> set:
+    from tokenweight.trainer.near_dups import TOKEN
+
+    tokens = TOKEN.findall(text)
+    return {tuple(tokens[i : i + 5]) for i in range(len(tokens) - 4)}
+
+
+def test_package_split_near_dups_and_long_pool(tmp_path, packages):
+    manifest = _build(
+        tmp_path,
+        (packages,),
+        heldout_fraction=0.25,
+        split_by="package",
+        long_fraction=0.2,
+        long_min_bytes=10000,
+        near_dup_threshold=0.8,
+    )
+    files = manifest["files"]
+    sides = {}
+    for f in files:
+        sides.setdefault(f["package"], set()).add(f["split"])
+    assert all(len(s) == 1 for s in sides.values())  # every package wholly on one side
+    assert {next(iter(s)) for s in sides.values()} == {"train", "heldout", "long"}
+    assert set(sides) <= {f"pkg{p:02d}" for p in range(30)} | {"lone"}  # lone.py: "lone"
+    long = [f for f in files if f["split"] == "long"]
+    assert long and all(f["bytes"] >= 10000 for f in long)
+    assert manifest["counts"]["short_extension_files"] > 0
+    # Brute force over every cross-side pair: nothing left at Jaccard >= 0.8.
+    texts = {
+        json.loads(line)["path"]: json.loads(line)["text"]
+        for name in ("train.jsonl", "heldout.jsonl", "long.jsonl")
+        for line in (tmp_path / "out" / name).read_text().splitlines()
+    }
+    assert set(texts) == {f["path"] for f in files}
+    split_of = {f["path"]: f["split"] for f in files}
+    shingles = {p: _shingles(t) for p, t in texts.items()}
+    for a in texts:
+        for b in texts:
+            if split_of[a] < split_of[b]:
+                sa, sb = shingles[a], shingles[b]
+                assert len(sa & sb) / len(sa | sb) < 0.8, (a, b)
+    # The shared module survives on the training side only, and the count says so.
+    kept_shared = {split_of[p] for p in texts if p.endswith("shared.py")}
+    assert kept_shared == {"train"}
+    # Held-out packages lose their copy as a near-duplicate; long ones lose it as a short file.
+    held = sum(sides[p] == {"heldout"} for p in sides if p != "lone")
+    assert manifest["counts"]["near_duplicates"] == held > 0
+    assert manifest["counts"]["found_files"] == 30 * 5 + 1
+    again = _build(
+        tmp_path,
+        (packages,),
+        "again",
+        heldout_fraction=0.25,
+        split_by="package",
+        long_fraction=0.2,
+        long_min_bytes=10000,
+        near_dup_threshold=0.8,
+    )
+    assert again["list_hash"] == manifest["list_hash"]
+
+
+def test_long_pool_needs_package_split(tmp_path, packages):
+    with pytest.raises(CorpusError, match="split-by package"):
+        _build(tmp_path, (packages,), long_fraction=0.1)

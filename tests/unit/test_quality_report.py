@@ -3,20 +3,15 @@ claims judged from paired intervals, the results section of RESULTS.md filled, a
 packed into device-call-sized parts and unpacked again."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-sys.path[:0] = [str(BENCH / "quality"), str(BENCH)]
-
-import handoff  # noqa: E402
-import report  # noqa: E402
-from jobs import PipelineError  # noqa: E402
-from profiles import ARMS, PROFILES  # noqa: E402
-from stages import Context  # noqa: E402
+from bench.quality import handoff, report
+from bench.quality.jobs import PipelineError
+from bench.quality.profiles import ARMS, PROFILES
+from bench.quality.stages import Context
 
 N = 40  # held-out sequences (and synthetic items) per eval
 
@@ -194,7 +189,7 @@ def test_export_parts_and_unpack(tmp_path, monkeypatch):
     ctx.results.parent.mkdir(parents=True)
     ctx.results.write_text('{"ok": 1}')
     monkeypatch.setattr(handoff, "PART_BYTES", 8192)
-    parts = handoff.export(ctx, repo, tmp_path / "out", models=[])
+    parts = handoff.first_run_export(ctx, repo, tmp_path / "out", models=[])
     assert len(parts) > 1 and all(p.stat().st_size <= 8192 for p in parts)
     work2, repo2 = tmp_path / "work2", tmp_path / "repo2"
     handoff.unpack(tmp_path / "out", work2, repo2)
@@ -215,4 +210,4 @@ def test_export_parts_and_unpack(tmp_path, monkeypatch):
     assert (repo2 / "docs" / "RESULTS.md").is_file()
     monkeypatch.setattr(handoff, "PART_BYTES", 512)
     with pytest.raises(PipelineError, match="at most"):
-        handoff.export(ctx, repo, tmp_path / "out", models=[])
+        handoff.first_run_export(ctx, repo, tmp_path / "out", models=[])
