@@ -174,14 +174,14 @@ BLOCK_PROFILES = {
         short_len=512,
         long_len=4096,
         rope_theta=10000.0,
-        # 100M tokens (~3.4 per parameter, 9 min at today's ~38 TFLOP/s): raise it once the
-        # trainer's speed work lands and a block records its measured TFLOP/s.
-        pretrain_tokens=100_000_000,
-        pretrain=Training(steps=0, batch=128, micro_batch=64, lr=1e-3, min_lr=1e-4, warmup=100),
+        # 250M tokens (~8.5 per parameter): about 4 min at the ~200 TFLOP/s the trainer's speed
+        # flags reach on this model at 512 (bench/results/trainer_h200_small.json, batch 128).
+        pretrain_tokens=250_000_000,
+        pretrain=Training(steps=0, batch=128, micro_batch=128, lr=1e-3, min_lr=1e-4, warmup=100),
         weak_tokens=150_000_000,
         pilot_tokens=30_000_000,
         # 80 x 16 x 4096 = 5.2M tokens per arm.
-        extend=Training(steps=80, batch=16, micro_batch=8, lr=3e-4, min_lr=3e-5, warmup=8),
+        extend=Training(steps=80, batch=16, micro_batch=16, lr=3e-4, min_lr=3e-5, warmup=8),
         judge_extend=Training(steps=150, batch=16, micro_batch=16, lr=3e-4, min_lr=3e-5, warmup=15),
         knobs=KNOBS,
     ),
