@@ -52,7 +52,9 @@ class PrepareConfig:
         metavar="FILE",
     )
     seq_len: int = flag(help="tokens per training row")
-    out: str = flag(help="output directory (created; an earlier prepared dataset there is replaced)")
+    out: str = flag(
+        help="output directory (created; an earlier prepared dataset there is replaced)"
+    )
     eos_token: str | None = flag(
         None, "EOS token string, when the tokenizer does not name one (bare tokenizer.json)"
     )

@@ -25,8 +25,8 @@ class TokenizerError(ValueError):
 
 @dataclass(frozen=True)
 class TokenizerConfig:
-    corpus: Path = flag(help=f"corpus directory from `tokenweight corpus` ({TRAIN_FILE})", type=Path)
-    out: Path = flag(help="tokenizer directory to write", type=Path)
+    corpus: str = flag(help=f"corpus directory from `tokenweight corpus` ({TRAIN_FILE})")
+    out: str = flag(help="tokenizer directory to write")
     vocab_size: int = flag(8192, "vocabulary size")
 
 
@@ -37,7 +37,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     config = TokenizerConfig(**values_of(args, TokenizerConfig))
     try:
-        tokenizer = train_tokenizer(config.corpus, config.vocab_size, config.out)
+        tokenizer = train_tokenizer(Path(config.corpus), config.vocab_size, Path(config.out))
     except TokenizerError as exc:
         print(f"tokenweight tokenizer: error: {exc}", file=sys.stderr)
         return 1

@@ -50,6 +50,7 @@ class DiagnoseConfig:
         None, "default: bf16 on CUDA, fp32 on CPU", choices=["float32", "bfloat16", "float16"]
     )
 
+
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
     """Spearman rank correlation (ties get their average rank)."""
     from scipy.stats import spearmanr
