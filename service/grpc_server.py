@@ -137,6 +137,9 @@ class GrpcFrontEnd:
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
+                # Without this a second server on the same port binds as well and the
+                # kernel splits the calls between two different scorers.
+                ("grpc.so_reuseport", 0),
             ],
         )
         _add_servicer(ScorerServicer(service, config.stream_inflight), self.server)
@@ -150,11 +153,21 @@ class GrpcFrontEnd:
             credentials = grpc.ssl_server_credentials(
                 [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())]
             )
-            self.port = self.server.add_secure_port(address, credentials)
         else:
-            self.port = self.server.add_insecure_port(address)
+            credentials = None
+        try:
+            self.port = (
+                self.server.add_secure_port(address, credentials)
+                if credentials
+                else self.server.add_insecure_port(address)
+            )
+        except RuntimeError:  # grpcio >= 1.85 raises where older versions returned 0
+            self.port = 0
         if not self.port:
-            raise OSError(f"cannot bind the gRPC server to {address}")
+            raise OSError(
+                f"cannot bind the gRPC server to {address}: is another server using port "
+                f"{config.grpc_port}? choose another with --grpc-port"
+            )
 
     async def start(self) -> None:
         await self.set_serving(False)
