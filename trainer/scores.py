@@ -27,6 +27,7 @@ from torch import nn
 from tokenweight.client.grpc_client import ScorerClient
 from tokenweight.client.prefetch import BatchScoringError, Prefetcher
 from tokenweight.client.retry import RetryPolicy
+from tokenweight.contrast import no_contrast_warning
 from tokenweight.service.chunking import check_window, default_stride, share_whole_prefix
 from tokenweight.service.engine import Outputs, ScoreJob, compute_logprobs, default_options
 from tokenweight.service.logprobs import ForwardOptions
@@ -151,13 +152,10 @@ class ServiceSource:
         if self.pinned is None:
             self.pinned = settings
             log.info("scorer %r: fingerprint %s, window %d, stride %d", result.scorer, *settings)
-            if result.window >= batch.tokens.shape[1]:
-                log.warning(
-                    "the scorer's window %d is not shorter than the training rows (%d tokens): "
-                    "all contrasts are 0 and the weights uniform",
-                    result.window,
-                    batch.tokens.shape[1],
-                )
+            if warning := no_contrast_warning(
+                result.window, batch.tokens.shape[1], "the training rows"
+            ):
+                log.warning("the scorer's %s", warning)
         elif settings != self.pinned:
             raise ScoreMismatchError(
                 f"the scorer changed mid-run: the {where} was scored with (fingerprint, window, stride) "
@@ -260,6 +258,8 @@ def make_source(cfg, shards):
         return NoScores(short_from_model=True)
     if cfg.score_source == "precomputed":
         store = ScoreStore.open(cfg.scores, shards.content_hash)
+        if warning := no_contrast_warning(store.meta.window, store.meta.seq_len, "its rows"):
+            log.warning("score store %s: %s", cfg.scores, warning)
         asked = {"window": cfg.window, "stride": cfg.stride}
         for name, value in asked.items():
             if value is not None and value != getattr(store.meta, name):
@@ -299,13 +299,8 @@ class OwnScores:
         window, stride = (None, None)
         if source.short_from_model:
             window, stride = self_window(cfg.window, cfg.stride)
-            if window >= seq_len:
-                log.warning(
-                    "--window %d >= --seq-len %d: every short context is the whole prefix, so "
-                    "all contrasts are 0 and the weights uniform",
-                    window,
-                    seq_len,
-                )
+            if warning := no_contrast_warning(window, seq_len, "--seq-len"):
+                log.warning("--%s", warning)
         options = default_options(device)
         if cfg.self_token_budget:
             options = dataclasses.replace(options, token_budget=cfg.self_token_budget)
