@@ -109,8 +109,9 @@ class ServerError(RuntimeError):
 def remote_scorer(args):
     """A function (items) -> (output dicts, window used) that asks the server at `--url`.
 
-    gRPC carries token ids only; over HTTP the server also tokenizes text (token-id lines
-    and text lines of a batch go as two requests, and the outputs keep the input order).
+    Text lines are tokenized by the server. Over gRPC a batch is one request whatever its
+    lines; over HTTP token-id lines and text lines go as two requests, and the outputs keep
+    the input order.
     """
     from tokenweight.client import (
         HttpScorerClient,
@@ -134,15 +135,14 @@ def remote_scorer(args):
         client = ScorerClient(args.url, retry=retry)
 
         def ask(items: list[dict]) -> tuple[list[dict], int]:
-            if any("text" in item for item in items):
-                raise InputError(
-                    'gRPC takes "token_ids" only; for "text" lines use --url http://HOST:PORT '
-                    "(the server tokenizes) or --model PATH"
-                )
-            sequences = [item["token_ids"] for item in items]
+            # text goes as it is: the server tokenizes it and says how
+            sequences = [item["text"] if "text" in item else item["token_ids"] for item in items]
             result = client.score(sequences, **settings)
             outputs = [
-                _output(ids, r.score, r.logp_long, r.logp_short)
+                _output(
+                    ids if r.token_ids is None else r.token_ids.tolist(),
+                    r.score, r.logp_long, r.logp_short, r.tokens,
+                )
                 for ids, r in zip(sequences, result.results)
             ]
             return outputs, result.window
@@ -191,7 +191,9 @@ def top_tokens(out: dict, n: int, line: int) -> str:
     import numpy as np
 
     score = np.asarray(out["score"])
+    # Decoded tokens join as the text reads; bare ids are kept apart by spaces.
     shown = out.get("tokens") or [str(t) for t in out["token_ids"]]
+    gap = "" if out.get("tokens") else " "
     rows = [
         f"line {line}: {len(out['token_ids'])} tokens, median score {np.median(score):.3f}; "
         f"top {min(n, score.size)}:",
@@ -199,9 +201,9 @@ def top_tokens(out: dict, n: int, line: int) -> str:
     ]
     for i in np.argsort(-score, kind="stable")[:n]:
         target = int(i) + 1  # score[i] is for token i + 1, predicted from tokens 0..i
-        before = "".join(shown[max(0, target - 4) : target])
-        after = "".join(shown[target + 1 : target + 3])
-        context = f"{before}[{shown[target]}]{after}".replace("\n", "\\n")
+        before = gap.join(shown[max(0, target - 4) : target])
+        after = gap.join(shown[target + 1 : target + 3])
+        context = f"{before}{gap}[{shown[target]}]{gap}{after}".replace("\n", "\\n")
         rows.append(
             f"{target:>6}  {score[i]:>7.3f}  {out['logp_long'][i]:>9.3f}  "
             f"{out['logp_short'][i]:>10.3f}  {context}"
