@@ -16,6 +16,7 @@ together before it is handed out: a batch is never trained with another batch's 
 
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -37,6 +38,10 @@ from .parallel import unshard_root
 from .score_store import ScoreStore
 
 log = logging.getLogger("tokenweight.trainer")
+
+
+class ScorerUnavailableError(RuntimeError):
+    """The scorer stayed unreachable for --scorer-retry-for seconds; the run stops cleanly."""
 
 SELF_DEFAULT_WINDOW = 1024
 
@@ -97,18 +102,21 @@ class ServiceSource:
         self.outputs = ("logp_short",) if hybrid else ("logp_long", "logp_short")
         self.window, self.stride, self.scorer, self.depth = window, stride, scorer, depth
         self.pinned: tuple[str, int, int] | None = None
+        self.retry_for = retry_for
         self._outage_since: float | None = None
+        self._outage_lock = threading.Lock()
 
     def _on_retry(self, event) -> None:
-        if self._outage_since is None:
+        # One line per outage: the prefetch threads retry on their own, many times each.
+        with self._outage_lock:
+            if self._outage_since is not None:
+                return
             self._outage_since = time.monotonic() - event.elapsed
         log.warning(
-            "scorer unreachable (attempt %d, %.1f s so far): %s; retrying in %.2f s. Training "
-            "waits for this batch's scores; no batch is skipped",
-            event.attempt,
-            event.elapsed,
-            event.error,
-            event.delay,
+            "scorer unreachable: %s; training waits for its scores (up to --scorer-retry-for "
+            "%g s), no batch is skipped",
+            " ".join(str(event.error).split()),
+            self.retry_for,
         )
 
     def _score(self, batch: Batch):
@@ -130,7 +138,7 @@ class ServiceSource:
                 try:
                     batch, (token_hash, result) = next(prefetched)
                 except BatchScoringError as exc:
-                    raise RuntimeError(
+                    raise ScorerUnavailableError(
                         f"{exc}. The run stops here; once the scorer is back, continue from the last "
                         "checkpoint with --resume auto"
                     ) from exc
