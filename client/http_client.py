@@ -70,8 +70,8 @@ class HttpScorerClient:
         timeout: float | None = None,
     ) -> wire.ScoreResult:
         """Token-id `sequences` or `text` (one string or a list), exactly one of the two.
-        `outputs` as for ScorerClient.score. Results are wire.Scores with the token ids scored (and, for
-        text, the decoded tokens); `request_id` is
+        `outputs` as for ScorerClient.score. Results are wire.Scores with the token ids scored
+        (and, for text, the decoded tokens); `request_id` is
         empty (HTTP has none)."""
         if (sequences is None) == (text is None):
             raise ValueError("pass either sequences (token ids) or text, not both")

@@ -36,7 +36,9 @@ def make_request(
     if isinstance(sequences, str) or (
         len(sequences) and isinstance(sequences[0], (int, np.integer))
     ):
-        raise TypeError("sequences must be a list of token-id arrays or texts; wrap a single one in [ ]")
+        raise TypeError(
+            "sequences must be a list of token-id arrays or texts; wrap a single one in [ ]"
+        )
     return wire.build_request(
         sequences,
         scorer=scorer or "",

@@ -36,7 +36,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         self._service = service
         self._stream_inflight = stream_inflight
         # Text sequences are tokenized off the event loop, one request at a time.
-        self._tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="tokenweight-grpc-tokenizer")
+        self._tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="tokenweight-tokenizer")
 
     async def _score(self, request, context):
         if isinstance(request, MalformedRequest):

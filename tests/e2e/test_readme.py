@@ -64,14 +64,22 @@ def test_readme_block_runs_as_written(lang, code, directive, tmp_path, request):
     code = re.sub(r"\b8000\b", str(http_port), code)
     for name in ("examples", "tokenweight"):
         (tmp_path / name).symlink_to(ROOT / name)
-    command = ["bash", "-euo", "pipefail", "-c", code] if lang == "sh" else [sys.executable, "-c", code]
+    command = (
+        ["bash", "-euo", "pipefail", "-c", code] if lang == "sh" else [sys.executable, "-c", code]
+    )
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     # Output to a file, not a pipe: a server the block starts in the background keeps its
     # end of a pipe open, and reading to the end would wait for that server.
     log = tmp_path / "block.log"
     with log.open("w") as out:
-        proc = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            env=env,
+            start_new_session=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
         try:
             proc.wait(timeout=600)
         finally:

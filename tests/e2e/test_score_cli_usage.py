@@ -48,7 +48,9 @@ def test_score_waits_for_a_server_that_is_still_starting(tmp_path, tiny_model_di
     lines.write_text(json.dumps({"token_ids": list(range(3, 40))}) + "\n")
     score = subprocess.Popen(
         CLI + ["--url", f"grpc://127.0.0.1:{port}", "--input", str(lines)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     time.sleep(3)  # the client's default five attempts would all have failed by now
     config = tmp_path / "serve.toml"

@@ -19,8 +19,21 @@ def running(tmp_path_factory, tiny_model_dir):
 
 
 def serve_again(config, *ports: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "tokenweight.cli", "serve", "--config", str(config),
-           "--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0", *ports]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tokenweight.cli",
+        "serve",
+        "--config",
+        str(config),
+        "--host",
+        "127.0.0.1",
+        "--grpc-port",
+        "0",
+        "--http-port",
+        "0",
+        *ports,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
 

@@ -40,7 +40,9 @@ def test_score_command_takes_text_lines_over_grpc(server):
     cmd = [sys.executable, "-m", "tokenweight.cli", "score", "--window", "8"]
 
     def score(url, *extra):
-        done = subprocess.run(cmd + ["--url", url, *extra], input=lines, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            cmd + ["--url", url, *extra], input=lines, capture_output=True, text=True, timeout=60
+        )
         assert done.returncode == 0, done.stderr
         return done.stdout
 
@@ -55,5 +57,8 @@ def test_score_command_takes_text_lines_over_grpc(server):
     best = np.argsort(-np.asarray(over_grpc[0]["score"]), kind="stable")[:3] + 1
     tokens = over_grpc[0]["tokens"]
     for row, target in zip(table[2:5], best):
-        before, after = "".join(tokens[max(0, target - 4) : target]), "".join(tokens[target + 1 : target + 3])
+        before, after = (
+            "".join(tokens[max(0, target - 4) : target]),
+            "".join(tokens[target + 1 : target + 3]),
+        )
         assert row.endswith(f"{before}[{tokens[target]}]{after}".replace("\n", "\\n"))

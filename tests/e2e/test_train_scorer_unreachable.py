@@ -37,9 +37,13 @@ def test_scorer_url_is_checked_before_the_model_loads(model_and_data, tmp_path, 
 
 def test_unreachable_scorer_warns_once_per_rank_then_stops_with_one_error(model_and_data, tmp_path):
     url = f"grpc://127.0.0.1:{free_port()}"
-    code, log = run(model_and_data, tmp_path / "out", "--scorer-url", url, "--scorer-retry-for", "4")
+    code, log = run(
+        model_and_data, tmp_path / "out", "--scorer-url", url, "--scorer-retry-for", "4"
+    )
     assert code != 0
-    warnings = [line for line in log.splitlines() if "WARNING" in line and "scorer unreachable" in line]
+    warnings = [
+        line for line in log.splitlines() if "WARNING" in line and "scorer unreachable" in line
+    ]
     for rank in (0, 1):
         assert sum(line.startswith(f"[rank {rank}]") for line in warnings) <= 1
     assert warnings and all(url in line for line in warnings)
@@ -47,4 +51,4 @@ def test_unreachable_scorer_warns_once_per_rank_then_stops_with_one_error(model_
     assert errors and all("--resume auto" in line for line in errors)
     # torchrun's own report of the failed rank is the only traceback
     assert log.count("Traceback (most recent call last)") == 1
-    assert "trainer/train.py\"" not in log and "trainer/scores.py\"" not in log
+    assert 'trainer/train.py"' not in log and 'trainer/scores.py"' not in log
