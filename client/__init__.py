@@ -11,7 +11,7 @@
 from .async_client import AsyncScorerClient
 from .errors import ScorerError
 from .grpc_client import ScorerClient
-from .http_client import HttpScorerClient, HttpTokenScores
+from .http_client import HttpScorerClient
 from .prefetch import BatchScoringError, Prefetcher, PrefetchStats
 from .retry import NO_RETRY, RetryEvent, RetryPolicy
 from .urls import Endpoint, parse_url, parse_urls
@@ -21,7 +21,6 @@ __all__ = [
     "BatchScoringError",
     "Endpoint",
     "HttpScorerClient",
-    "HttpTokenScores",
     "NO_RETRY",
     "PrefetchStats",
     "Prefetcher",

@@ -41,7 +41,9 @@ class ScorerClient(ChannelClient):
         outputs: Iterable[str] | None = None,
         timeout: float | None = None,
     ) -> wire.ScoreResult:
-        """Scores for each sequence, in order. `outputs`: a subset of ("score", "logp_long",
+        """Scores for each sequence, in order. A sequence is token ids, or a str of text that
+        the server tokenizes (its result then carries `token_ids` and decoded `tokens`).
+        `outputs`: a subset of ("score", "logp_long",
         "logp_short"), None for all; the others come back as None (asking for
         "logp_short" alone skips the long pass). Raises ScorerError."""
         outputs = None if outputs is None else tuple(outputs)

@@ -7,7 +7,6 @@ server tokenizes with the scorer's own tokenizer.
 import json
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -22,14 +21,6 @@ from .retry import RetryPolicy, RetryState
 from .urls import parse_url
 
 MEDIA_TYPES = {"json": "application/json", "msgpack": "application/msgpack"}
-
-
-@dataclass
-class HttpTokenScores(wire.Scores):
-    """wire.Scores plus the token ids scored and, for text input, the decoded tokens."""
-
-    token_ids: np.ndarray | None = None
-    tokens: list[str] | None = None
 
 
 class HttpScorerClient:
@@ -79,7 +70,8 @@ class HttpScorerClient:
         timeout: float | None = None,
     ) -> wire.ScoreResult:
         """Token-id `sequences` or `text` (one string or a list), exactly one of the two.
-        `outputs` as for ScorerClient.score. Results are HttpTokenScores; `request_id` is
+        `outputs` as for ScorerClient.score. Results are wire.Scores with the token ids scored
+        (and, for text, the decoded tokens); `request_id` is
         empty (HTTP has none)."""
         if (sequences is None) == (text is None):
             raise ValueError("pass either sequences (token ids) or text, not both")
@@ -154,12 +146,12 @@ def _error_message(response: httpx.Response) -> str:
         return response.text[:500] or response.reason_phrase
 
 
-def _token_scores(item: dict) -> HttpTokenScores:
+def _token_scores(item: dict) -> wire.Scores:
     arrays = {
         name: None if item.get(name) is None else np.asarray(item[name], dtype=np.float32)
         for name in wire.OUTPUT_NAMES
     }
-    return HttpTokenScores(
+    return wire.Scores(
         **arrays,
         token_ids=np.asarray(item["token_ids"], dtype=np.int32) if "token_ids" in item else None,
         tokens=item.get("tokens"),

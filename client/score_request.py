@@ -31,9 +31,14 @@ def make_request(
     scorer: str | None = None,
     outputs: Iterable[str] | None = None,
 ) -> scorer_pb2.ScoreRequest:
-    """One ScoreRequest; `sequences` is a list of token-id arrays (or lists, or a 2-D array)."""
-    if len(sequences) and isinstance(sequences[0], (int, np.integer)):
-        raise TypeError("sequences must be a list of token-id arrays; wrap a single one in [ ]")
+    """One ScoreRequest; `sequences` is a list of token-id arrays (or lists, or a 2-D array)
+    and/or strings of text, which the server tokenizes with the scorer's tokenizer."""
+    if isinstance(sequences, str) or (
+        len(sequences) and isinstance(sequences[0], (int, np.integer))
+    ):
+        raise TypeError(
+            "sequences must be a list of token-id arrays or texts; wrap a single one in [ ]"
+        )
     return wire.build_request(
         sequences,
         scorer=scorer or "",

@@ -5,10 +5,13 @@ metrics and the catch-all for unexpected failures are interceptors.
 """
 
 import asyncio
+import dataclasses
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
+import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -23,6 +26,7 @@ from .grpc_interceptors import SERVICE_NAME, GrpcInternalErrorInterceptor, GrpcM
 from .grpc_messages import MalformedRequest, decode_request
 from .metrics import Metrics
 from .scoring import ScoringService
+from .text import tokenize
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +35,8 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
     def __init__(self, service: ScoringService, stream_inflight: int):
         self._service = service
         self._stream_inflight = stream_inflight
+        # Text sequences are tokenized off the event loop, one request at a time.
+        self._tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="tokenweight-tokenizer")
 
     async def _score(self, request, context):
         if isinstance(request, MalformedRequest):
@@ -39,6 +45,21 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             sequences = wire.request_sequences(request)
         except wire.WireFormatError as exc:
             raise InvalidArgument(str(exc)) from None
+        texts = [i for i, seq in enumerate(sequences) if isinstance(seq, str)]
+        tokens: dict[int, list[str]] = {}
+        if texts:
+            scorer = self._service.scorer(request.scorer)
+            if scorer.tokenizer is None:
+                raise InvalidArgument(
+                    f"scorer {scorer.config.name!r} has no tokenizer (none in its checkpoint "
+                    "directory); send token_ids instead of text"
+                )
+            ids, decoded = await asyncio.get_running_loop().run_in_executor(
+                self._tokenizer_thread, tokenize, scorer.tokenizer, [sequences[i] for i in texts]
+            )
+            for i, seq_ids, seq_tokens in zip(texts, ids, decoded):
+                sequences[i] = np.asarray(seq_ids, dtype=np.int64)
+                tokens[i] = seq_tokens
         scored = await self._service.score(
             request.scorer,
             sequences,
@@ -49,9 +70,14 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             # One share of the queue per connection (see Batcher).
             client=context.peer(),
         )
+        results = [
+            # replaced, not changed: a result may be the cache's own object
+            dataclasses.replace(r, token_ids=sequences[i], tokens=tokens[i]) if i in tokens else r
+            for i, r in enumerate(scored.results)
+        ]
         return wire.build_response(
             request.request_id, scored.scorer, scored.fingerprint, scored.window,
-            scored.stride, scored.results,
+            scored.stride, results,
         )
 
     async def Score(self, request, context):
@@ -137,6 +163,9 @@ class GrpcFrontEnd:
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
+                # Without this a second server on the same port binds as well and the
+                # kernel splits the calls between two different scorers.
+                ("grpc.so_reuseport", 0),
             ],
         )
         _add_servicer(ScorerServicer(service, config.stream_inflight), self.server)
@@ -150,11 +179,21 @@ class GrpcFrontEnd:
             credentials = grpc.ssl_server_credentials(
                 [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())]
             )
-            self.port = self.server.add_secure_port(address, credentials)
         else:
-            self.port = self.server.add_insecure_port(address)
+            credentials = None
+        try:
+            self.port = (
+                self.server.add_secure_port(address, credentials)
+                if credentials
+                else self.server.add_insecure_port(address)
+            )
+        except RuntimeError:  # grpcio >= 1.85 raises where older versions returned 0
+            self.port = 0
         if not self.port:
-            raise OSError(f"cannot bind the gRPC server to {address}")
+            raise OSError(
+                f"cannot bind the gRPC server to {address}: is another server using port "
+                f"{config.grpc_port}? choose another with --grpc-port"
+            )
 
     async def start(self) -> None:
         await self.set_serving(False)

@@ -53,7 +53,14 @@ class HttpFrontEnd:
         # kept-alive connection waits ~40 ms for the client's delayed ACK.
         self._socket = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind((config.host, config.http_port))
+        try:
+            self._socket.bind((config.host, config.http_port))
+        except OSError as exc:
+            self._socket.close()
+            raise OSError(
+                f"cannot bind the HTTP server to {config.host}:{config.http_port}: "
+                f"{exc.strerror}; choose another port with --http-port"
+            ) from None
         self.port = self._socket.getsockname()[1]
         app = create_app(service, config, metrics)
         app.add_exception_handler(ClientDisconnect, _client_gone)

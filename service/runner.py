@@ -32,8 +32,14 @@ class ScorerServer:
             # Imported only here: the gRPC-only deployment needs no web stack.
             from .http_server import HttpFrontEnd
 
-            self.http = HttpFrontEnd(self.service, self.config.server, self.metrics)
-            await self.http.start()
+            try:
+                self.http = HttpFrontEnd(self.service, self.config.server, self.metrics)
+                await self.http.start()
+            except BaseException:
+                # Stopped here, inside the event loop: left to its finaliser, the gRPC
+                # server would print a traceback after the error once the loop is closed.
+                await self.grpc.stop(0)
+                raise
 
     async def load(self, scorers: dict[str, Scorer] | None = None) -> None:
         """Load the configured scorers (or install already loaded ones) and start serving."""

@@ -11,6 +11,7 @@ import json
 import sys
 
 from tokenweight.bundled import model_or_default
+from tokenweight.contrast import no_contrast_warning
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +29,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", help="float32, bfloat16 or float16 (local mode)")
     parser.add_argument("--batch-size", type=int, default=16, help="lines scored per call")
     parser.add_argument("--input", help="JSON lines file (default: stdin)")
+    parser.add_argument(
+        "--retry-for",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="with --url, keep trying a server that is starting or unreachable this long "
+        "(default 60)",
+    )
     parser.add_argument(
         "--top",
         type=int,
@@ -56,7 +65,8 @@ def read_lines(stream) -> list[dict]:
 
 
 def local_scorer(args):
-    """A function (items) -> output dicts that runs the engine in this process."""
+    """A function (items) -> (output dicts, window used) that runs the engine in this
+    process."""
     import numpy as np
 
     from tokenweight.service.engine import ScoringEngine
@@ -83,10 +93,11 @@ def local_scorer(args):
                 tokens.append(None)
             sequences.append(np.asarray(ids, dtype=np.int64))
         results = engine.score(sequences)
-        return [
+        outputs = [
             _output(seq.tolist(), r.score, r.logp_long, r.logp_short, tok)
             for seq, r, tok in zip(sequences, results, tokens)
         ]
+        return outputs, engine.window
 
     return score
 
@@ -96,34 +107,50 @@ class ServerError(RuntimeError):
 
 
 def remote_scorer(args):
-    """A function (items) -> output dicts that asks the server at `--url`.
+    """A function (items) -> (output dicts, window used) that asks the server at `--url`.
 
-    gRPC carries token ids only; over HTTP the server also tokenizes text (token-id lines
-    and text lines of a batch go as two requests, and the outputs keep the input order).
+    Text lines are tokenized by the server. Over gRPC a batch is one request whatever its
+    lines; over HTTP token-id lines and text lines go as two requests, and the outputs keep
+    the input order.
     """
-    from tokenweight.client import HttpScorerClient, ScorerClient, ScorerError, parse_urls
+    from tokenweight.client import (
+        HttpScorerClient,
+        RetryPolicy,
+        ScorerClient,
+        ScorerError,
+        parse_urls,
+    )
 
     settings = {"window": args.window, "stride": args.stride, "scorer": args.scorer}
-    if parse_urls(args.url)[0].is_grpc:
-        client = ScorerClient(args.url)
+    def waiting(event) -> None:  # one line for the whole wait, not one per attempt
+        if event.attempt == 1:
+            print(
+                f"tokenweight score: {args.url} not answering yet ({event.error.code.name}); "
+                f"trying for up to {args.retry_for:g} s (--retry-for)",
+                file=sys.stderr,
+            )
 
-        def ask(items: list[dict]) -> list[dict]:
-            if any("text" in item for item in items):
-                raise InputError(
-                    'gRPC takes "token_ids" only; for "text" lines use --url http://HOST:PORT '
-                    "(the server tokenizes) or --model PATH"
-                )
-            sequences = [item["token_ids"] for item in items]
+    retry = RetryPolicy.for_duration(args.retry_for, max_backoff=2.0, on_retry=waiting)
+    if parse_urls(args.url)[0].is_grpc:
+        client = ScorerClient(args.url, retry=retry)
+
+        def ask(items: list[dict]) -> tuple[list[dict], int]:
+            # text goes as it is: the server tokenizes it and says how
+            sequences = [item["text"] if "text" in item else item["token_ids"] for item in items]
             result = client.score(sequences, **settings)
-            return [
-                _output(ids, r.score, r.logp_long, r.logp_short)
+            outputs = [
+                _output(
+                    ids if r.token_ids is None else r.token_ids.tolist(),
+                    r.score, r.logp_long, r.logp_short, r.tokens,
+                )
                 for ids, r in zip(sequences, result.results)
             ]
+            return outputs, result.window
 
     else:
-        client = HttpScorerClient(args.url)
+        client = HttpScorerClient(args.url, retry=retry)
 
-        def ask(items: list[dict]) -> list[dict]:
+        def ask(items: list[dict]) -> tuple[list[dict], int]:
             out: list[dict | None] = [None] * len(items)
             for kind in ("token_ids", "text"):
                 where = [i for i, item in enumerate(items) if kind in item]
@@ -136,9 +163,9 @@ def remote_scorer(args):
                     result = client.score(inputs, **settings)
                 for i, r in zip(where, result.results):
                     out[i] = _output(r.token_ids.tolist(), r.score, r.logp_long, r.logp_short, r.tokens)
-            return out
+            return out, result.window
 
-    def score(items: list[dict]) -> list[dict]:
+    def score(items: list[dict]) -> tuple[list[dict], int]:
         try:
             return ask(items)
         except ScorerError as exc:
@@ -164,7 +191,9 @@ def top_tokens(out: dict, n: int, line: int) -> str:
     import numpy as np
 
     score = np.asarray(out["score"])
+    # Decoded tokens join as the text reads; bare ids are kept apart by spaces.
     shown = out.get("tokens") or [str(t) for t in out["token_ids"]]
+    gap = "" if out.get("tokens") else " "
     rows = [
         f"line {line}: {len(out['token_ids'])} tokens, median score {np.median(score):.3f}; "
         f"top {min(n, score.size)}:",
@@ -172,9 +201,9 @@ def top_tokens(out: dict, n: int, line: int) -> str:
     ]
     for i in np.argsort(-score, kind="stable")[:n]:
         target = int(i) + 1  # score[i] is for token i + 1, predicted from tokens 0..i
-        before = "".join(shown[max(0, target - 4) : target])
-        after = "".join(shown[target + 1 : target + 3])
-        context = f"{before}[{shown[target]}]{after}".replace("\n", "\\n")
+        before = gap.join(shown[max(0, target - 4) : target])
+        after = gap.join(shown[target + 1 : target + 3])
+        context = f"{before}{gap}[{shown[target]}]{gap}{after}".replace("\n", "\\n")
         rows.append(
             f"{target:>6}  {score[i]:>7.3f}  {out['logp_long'][i]:>9.3f}  "
             f"{out['logp_short'][i]:>10.3f}  {context}"
@@ -193,6 +222,16 @@ def run(args: argparse.Namespace) -> int:
     if args.url and local_only:
         print(f"tokenweight score: {', '.join(local_only)} only apply with --model (local scoring)", file=sys.stderr)
         return 2
+    if not args.input and sys.stdin.isatty():
+        print(
+            "tokenweight score: reads JSON lines from stdin; pipe them in "
+            '(echo \'{"text": "..."}\' | tokenweight score) or give --input FILE',
+            file=sys.stderr,
+        )
+        return 2
+    if args.retry_for <= 0:
+        print("tokenweight score: --retry-for must be positive", file=sys.stderr)
+        return 2
     try:
         with open(args.input) if args.input else sys.stdin as stream:
             items = read_lines(stream)
@@ -201,9 +240,20 @@ def run(args: argparse.Namespace) -> int:
                 args.model, args.window, args.stride
             )
         score = remote_scorer(args) if args.url else local_scorer(args)
+        uncontrasted = []
         for lo in range(0, len(items), args.batch_size):
-            for line, out in enumerate(score(items[lo : lo + args.batch_size]), lo + 1):
+            outputs, window = score(items[lo : lo + args.batch_size])
+            for line, out in enumerate(outputs, lo + 1):
+                if warning := no_contrast_warning(window, len(out["token_ids"]), f"line {line}"):
+                    uncontrasted.append(warning)
                 sys.stdout.write(top_tokens(out, args.top, line) if args.top else json.dumps(out) + "\n")
+        if uncontrasted:
+            more = len(uncontrasted) - 1
+            print(
+                f"tokenweight score: warning: {uncontrasted[0]}"
+                + (f" (and {more} more such lines)" if more else ""),
+                file=sys.stderr,
+            )
     except (ValueError, OSError, ServerError) as exc:
         print(f"tokenweight score: {exc}", file=sys.stderr)
         return 1

@@ -45,12 +45,15 @@ class Scores:
     """Target-aligned float32 arrays of L-1 values for one sequence; None where not asked.
 
     The one per-sequence type: the engine returns it, the wire carries it, the clients give it
-    back (the HTTP client's adds the token ids and decoded tokens).
+    back. For a sequence sent as text, `token_ids` are the L ids the server scored and
+    `tokens` each of them decoded; None otherwise (the HTTP API gives the ids always).
     """
 
     score: np.ndarray | None
     logp_long: np.ndarray | None
     logp_short: np.ndarray | None
+    token_ids: np.ndarray | None = None
+    tokens: list[str] | None = None
 
 
 @dataclass
@@ -150,6 +153,12 @@ def requested_outputs(request: scorer_pb2.ScoreRequest) -> tuple[bool, bool, boo
     return flags if any(flags) else (True, True, True)
 
 
+def _sequence(item) -> scorer_pb2.TokenSequence:
+    if isinstance(item, str):
+        return scorer_pb2.TokenSequence(text=item)
+    return scorer_pb2.TokenSequence(token_ids=pack_tokens(item))
+
+
 def build_request(
     sequences: Sequence,
     *,
@@ -159,21 +168,25 @@ def build_request(
     outputs: Iterable[str] | None = None,
     request_id: str = "",
 ) -> scorer_pb2.ScoreRequest:
-    """A ScoreRequest from token-id arrays (numpy arrays or lists of ints)."""
+    """A ScoreRequest from token-id arrays (numpy arrays or lists of ints) and/or strings of
+    text, which the server tokenizes."""
     return scorer_pb2.ScoreRequest(
         request_id=request_id,
         scorer=scorer,
-        sequences=[scorer_pb2.TokenSequence(token_ids=pack_tokens(s)) for s in sequences],
+        sequences=[_sequence(s) for s in sequences],
         window=window,
         stride=stride,
         outputs=output_selection(outputs),
     )
 
 
-def request_sequences(request: scorer_pb2.ScoreRequest) -> list[np.ndarray]:
-    """The token-id arrays of a request; WireFormatError names a malformed sequence."""
+def request_sequences(request: scorer_pb2.ScoreRequest) -> list[np.ndarray | str]:
+    """The token-id arrays of a request, and the text (str) of its text sequences;
+    WireFormatError names a malformed sequence."""
     return [
-        unpack_tokens(seq.token_ids, f"sequence {i} token_ids")
+        seq.text
+        if seq.WhichOneof("input") == "text"
+        else unpack_tokens(seq.token_ids, f"sequence {i} token_ids")
         for i, seq in enumerate(request.sequences)
     ]
 
@@ -186,7 +199,7 @@ def build_response(
     stride: int,
     results: Iterable,
 ) -> scorer_pb2.ScoreResponse:
-    """A ScoreResponse from objects with score/logp_long/logp_short arrays (or None)."""
+    """A ScoreResponse from Scores (token_ids and tokens only for text sequences)."""
     return scorer_pb2.ScoreResponse(
         request_id=request_id,
         scorer=scorer,
@@ -198,6 +211,8 @@ def build_response(
                 score=pack_floats(r.score),
                 logp_long=pack_floats(r.logp_long),
                 logp_short=pack_floats(r.logp_short),
+                token_ids=b"" if r.token_ids is None else pack_tokens(r.token_ids),
+                tokens=r.tokens,
             )
             for r in results
         ],
@@ -229,6 +244,9 @@ def parse_response(
             name: unpack_floats(getattr(item, name), f"result {i} {name}") if name in wanted else None
             for name in OUTPUT_NAMES
         }
+        if item.tokens:  # a text sequence: the server says how it tokenized it
+            arrays["token_ids"] = unpack_tokens(item.token_ids, f"result {i} token_ids")
+            arrays["tokens"] = list(item.tokens)
         results.append(Scores(**arrays))
     return ScoreResult(
         request_id=response.request_id,

@@ -9,6 +9,7 @@ typo fails in a second instead of after the model has loaded on every rank.
 import argparse
 from dataclasses import asdict, dataclass
 
+from tokenweight.client.urls import parse_urls
 from tokenweight.flags import add_flags, flag, values_of
 
 from .loss import DEFAULT_CHUNK_SIZE
@@ -230,8 +231,16 @@ def check(c: TrainConfig) -> None:
         raise ValueError(
             f"--seq-len must be at least 2 (one target needs two tokens), got {c.seq_len}"
         )
-    if c.score_source in ("service", "hybrid") and not c.scorer_url:
-        raise ValueError(f"--score-source {c.score_source} needs --scorer-url grpc://HOST:PORT")
+    if c.score_source in ("service", "hybrid"):
+        if not c.scorer_url:
+            raise ValueError(f"--score-source {c.score_source} needs --scorer-url grpc://HOST:PORT")
+        # Checked here, before any model loads: a bad URL should cost seconds, not a load.
+        not_grpc = [str(e) for e in parse_urls(c.scorer_url) if not e.is_grpc]
+        if not_grpc:
+            raise ValueError(
+                f"--scorer-url {', '.join(not_grpc)}: the trainer talks gRPC to the scorer; use "
+                "grpc://HOST:PORT (the server's --grpc-port, 50051 by default)"
+            )
     if c.score_source == "precomputed" and not c.scores:
         raise ValueError(
             "--score-source precomputed needs --scores PATH (from `tokenweight precompute`)"

@@ -10,16 +10,21 @@ Only `logp_long` and `logp_short` are asked for (the contrast is their differenc
 are stored exactly as the service returned them.
 """
 
+import logging
 import sys
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 import numpy as np
+
+from tokenweight.contrast import no_contrast_warning
 
 from .data import DataFormatError, TokenShards
 from .score_store import ScoreStore, ScoreStoreError, StoreMeta, read_meta
 
 OUTPUTS = ("logp_long", "logp_short")
 DEFAULT_BATCH = 8  # sequences per request when the scorer does not report a request limit
+
+log = logging.getLogger("tokenweight.precompute")
 
 
 class PrecomputeError(ValueError):
@@ -54,8 +59,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import logging
-
     from tokenweight.client import RetryPolicy, ScorerClient, ScorerError
 
     # the client logs each retry; without this a scorer outage would look like a hang
@@ -139,6 +142,8 @@ def precompute(
             )
         return existing
     first_indices, first = score(batches[0])
+    if warning := no_contrast_warning(first.window, shards.seq_len, "the dataset's rows"):
+        log.warning("%s", warning)
     with ScoreStore.create_or_resume(out, _meta_from(first, shards)) as store:
         with tqdm(
             total=len(shards),

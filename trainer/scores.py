@@ -16,6 +16,7 @@ together before it is handed out: a batch is never trained with another batch's 
 
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from torch import nn
 from tokenweight.client.grpc_client import ScorerClient
 from tokenweight.client.prefetch import BatchScoringError, Prefetcher
 from tokenweight.client.retry import RetryPolicy
+from tokenweight.contrast import no_contrast_warning
 from tokenweight.service.chunking import check_window, default_stride, share_whole_prefix
 from tokenweight.service.engine import Outputs, ScoreJob, compute_logprobs, default_options
 from tokenweight.service.logprobs import ForwardOptions
@@ -36,6 +38,10 @@ from .parallel import unshard_root
 from .score_store import ScoreStore
 
 log = logging.getLogger("tokenweight.trainer")
+
+
+class ScorerUnavailableError(RuntimeError):
+    """The scorer stayed unreachable for --scorer-retry-for seconds; the run stops cleanly."""
 
 SELF_DEFAULT_WINDOW = 1024
 
@@ -96,18 +102,21 @@ class ServiceSource:
         self.outputs = ("logp_short",) if hybrid else ("logp_long", "logp_short")
         self.window, self.stride, self.scorer, self.depth = window, stride, scorer, depth
         self.pinned: tuple[str, int, int] | None = None
+        self.retry_for = retry_for
         self._outage_since: float | None = None
+        self._outage_lock = threading.Lock()
 
     def _on_retry(self, event) -> None:
-        if self._outage_since is None:
+        # One line per outage: the prefetch threads retry on their own, many times each.
+        with self._outage_lock:
+            if self._outage_since is not None:
+                return
             self._outage_since = time.monotonic() - event.elapsed
         log.warning(
-            "scorer unreachable (attempt %d, %.1f s so far): %s; retrying in %.2f s. Training "
-            "waits for this batch's scores; no batch is skipped",
-            event.attempt,
-            event.elapsed,
-            event.error,
-            event.delay,
+            "scorer unreachable: %s; training waits for its scores (up to --scorer-retry-for "
+            "%g s), no batch is skipped",
+            " ".join(str(event.error).split()),
+            self.retry_for,
         )
 
     def _score(self, batch: Batch):
@@ -129,7 +138,7 @@ class ServiceSource:
                 try:
                     batch, (token_hash, result) = next(prefetched)
                 except BatchScoringError as exc:
-                    raise RuntimeError(
+                    raise ScorerUnavailableError(
                         f"{exc}. The run stops here; once the scorer is back, continue from the last "
                         "checkpoint with --resume auto"
                     ) from exc
@@ -151,13 +160,10 @@ class ServiceSource:
         if self.pinned is None:
             self.pinned = settings
             log.info("scorer %r: fingerprint %s, window %d, stride %d", result.scorer, *settings)
-            if result.window >= batch.tokens.shape[1]:
-                log.warning(
-                    "the scorer's window %d is not shorter than the training rows (%d tokens): "
-                    "all contrasts are 0 and the weights uniform",
-                    result.window,
-                    batch.tokens.shape[1],
-                )
+            if warning := no_contrast_warning(
+                result.window, batch.tokens.shape[1], "the training rows"
+            ):
+                log.warning("the scorer's %s", warning)
         elif settings != self.pinned:
             raise ScoreMismatchError(
                 f"the scorer changed mid-run: the {where} was scored with (fingerprint, window, stride) "
@@ -260,6 +266,8 @@ def make_source(cfg, shards):
         return NoScores(short_from_model=True)
     if cfg.score_source == "precomputed":
         store = ScoreStore.open(cfg.scores, shards.content_hash)
+        if warning := no_contrast_warning(store.meta.window, store.meta.seq_len, "its rows"):
+            log.warning("score store %s: %s", cfg.scores, warning)
         asked = {"window": cfg.window, "stride": cfg.stride}
         for name, value in asked.items():
             if value is not None and value != getattr(store.meta, name):
@@ -299,13 +307,8 @@ class OwnScores:
         window, stride = (None, None)
         if source.short_from_model:
             window, stride = self_window(cfg.window, cfg.stride)
-            if window >= seq_len:
-                log.warning(
-                    "--window %d >= --seq-len %d: every short context is the whole prefix, so "
-                    "all contrasts are 0 and the weights uniform",
-                    window,
-                    seq_len,
-                )
+            if warning := no_contrast_warning(window, seq_len, "--seq-len"):
+                log.warning("--%s", warning)
         options = default_options(device)
         if cfg.self_token_budget:
             options = dataclasses.replace(options, token_budget=cfg.self_token_budget)

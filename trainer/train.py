@@ -28,7 +28,7 @@ from .data import Batch, RankBatches, TokenShards, batch_token_hash
 from .loss import token_cross_entropy, weighted_mean
 from .model import HiddenStates, apply_activation_checkpointing, compile_blocks, load_model
 from .parallel import Dist, all_reduce, gradient_sync, init_distributed, parallelize
-from .scores import OwnScores, make_source
+from .scores import OwnScores, ScorerUnavailableError, make_source
 from .weighting import WeightingConfig, compute_weights
 
 log = logging.getLogger("tokenweight.trainer")
@@ -39,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     d = init_distributed(cfg.device)
     try:
         train(cfg, d)
+    except ScorerUnavailableError as exc:
+        # An outage is no bug: its cause is already logged, the traceback would add nothing.
+        log.error("%s", exc)
+        return 1
     finally:
         dist.destroy_process_group()
     return 0

@@ -232,3 +232,27 @@ def test_unreachable_scorer_is_reported(tmp_path, capsys):
     assert precompute_mod.run(args) == 1
     assert "UNAVAILABLE" in capsys.readouterr().err
     assert not (tmp_path / "store").exists()  # nothing written
+
+
+def test_window_covering_the_rows_warns_at_precompute_and_at_training(client, tmp_path, caplog):
+    """A window not shorter than the rows leaves every contrast 0: said when the store is
+    written and again when a run trains from it."""
+    from tokenweight.trainer.scores import make_source
+
+    shards = make_data(tmp_path / "data")
+    warning = f"window {SEQ_LEN} is not shorter than"
+    with caplog.at_level("WARNING"):
+        meta = precompute(shards, client, tmp_path / "store", window=SEQ_LEN, progress=False)
+    assert meta.window == SEQ_LEN
+    assert [r.message for r in caplog.records if warning in r.message] == [
+        f"{warning} the dataset's rows ({SEQ_LEN} tokens): every short context is the whole "
+        "prefix, so all contrasts are 0 and the weights uniform"
+    ]
+    caplog.clear()
+    cfg = argparse.Namespace(
+        needs_scores=True, score_source="precomputed", scores=str(tmp_path / "store"),
+        window=None, stride=None, long_from_model=False,
+    )
+    with caplog.at_level("WARNING"):
+        make_source(cfg, shards).close()
+    assert any(warning in r.message and "score store" in r.message for r in caplog.records)

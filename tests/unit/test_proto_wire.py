@@ -59,3 +59,21 @@ def test_stream_error_response_raises_with_code():
         wire.parse_response(scorer_pb2.ScoreResponse.FromString(response.SerializeToString()))
     assert info.value.code is grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.message == "bad window"
+
+
+def test_text_sequences_round_trip():
+    request = scorer_pb2.ScoreRequest.FromString(
+        wire.build_request(["def f():", [5, 6, 7], ""]).SerializeToString()
+    )
+    text, ids, empty = wire.request_sequences(request)
+    assert (text, empty) == ("def f():", "")
+    np.testing.assert_array_equal(ids, [5, 6, 7])
+    floats = np.array([0.5, -1.0], dtype=np.float32)
+    tokens = ["<s>", "def", " f"]
+    scored = wire.Scores(floats, floats, floats, token_ids=np.array([1, 9, 4]), tokens=tokens)
+    response = wire.build_response("r", "s", "fp", 8, 6, [scored, wire.Scores(floats, floats, floats)])
+    received = scorer_pb2.ScoreResponse.FromString(response.SerializeToString())
+    as_text, as_ids = wire.parse_response(received).results
+    np.testing.assert_array_equal(as_text.token_ids, [1, 9, 4])
+    assert as_text.tokens == tokens
+    assert as_ids.token_ids is None and as_ids.tokens is None

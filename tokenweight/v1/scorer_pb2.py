@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btokenweight/v1/scorer.proto\x12\x0etokenweight.v1\"\"\n\rTokenSequence\x12\x11\n\ttoken_ids\x18\x01 \x01(\x0c\"G\n\x0fOutputSelection\x12\r\n\x05score\x18\x01 \x01(\x08\x12\x11\n\tlogp_long\x18\x02 \x01(\x08\x12\x12\n\nlogp_short\x18\x03 \x01(\x08\"\xb6\x01\n\x0cScoreRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06scorer\x18\x02 \x01(\t\x12\x30\n\tsequences\x18\x03 \x03(\x0b\x32\x1d.tokenweight.v1.TokenSequence\x12\x0e\n\x06window\x18\x04 \x01(\r\x12\x0e\n\x06stride\x18\x05 \x01(\r\x12\x30\n\x07outputs\x18\x06 \x01(\x0b\x32\x1f.tokenweight.v1.OutputSelection\"C\n\x0bTokenScores\x12\r\n\x05score\x18\x01 \x01(\x0c\x12\x11\n\tlogp_long\x18\x02 \x01(\x0c\x12\x12\n\nlogp_short\x18\x03 \x01(\x0c\"+\n\nScoreError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xc1\x01\n\rScoreResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06scorer\x18\x02 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12,\n\x07results\x18\x04 \x03(\x0b\x32\x1b.tokenweight.v1.TokenScores\x12\x0e\n\x06window\x18\x05 \x01(\r\x12\x0e\n\x06stride\x18\x06 \x01(\r\x12)\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x1a.tokenweight.v1.ScoreError\"\x14\n\x12ListScorersRequest\"\x88\x02\n\nScorerInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nlong_model\x18\x02 \x01(\t\x12\x13\n\x0bshort_model\x18\x03 \x01(\t\x12\x16\n\x0e\x64\x65\x66\x61ult_window\x18\x04 \x01(\r\x12\x16\n\x0e\x64\x65\x66\x61ult_stride\x18\x05 \x01(\r\x12\x1b\n\x13max_sequence_length\x18\x06 \x01(\r\x12\x12\n\nvocab_size\x18\x07 \x01(\r\x12\r\n\x05\x64type\x18\x08 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\t \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\n \x01(\t\x12\x12\n\nis_default\x18\x0b \x01(\x08\x12\x1a\n\x12max_request_tokens\x18\x0c \x01(\x04\"Z\n\x13ListScorersResponse\x12+\n\x07scorers\x18\x01 \x03(\x0b\x32\x1a.tokenweight.v1.ScorerInfo\x12\x16\n\x0e\x64\x65\x66\x61ult_scorer\x18\x02 \x01(\t2\xf6\x01\n\x06Scorer\x12\x44\n\x05Score\x12\x1c.tokenweight.v1.ScoreRequest\x1a\x1d.tokenweight.v1.ScoreResponse\x12N\n\x0bScoreStream\x12\x1c.tokenweight.v1.ScoreRequest\x1a\x1d.tokenweight.v1.ScoreResponse(\x01\x30\x01\x12V\n\x0bListScorers\x12\".tokenweight.v1.ListScorersRequest\x1a#.tokenweight.v1.ListScorersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btokenweight/v1/scorer.proto\x12\x0etokenweight.v1\"=\n\rTokenSequence\x12\x13\n\ttoken_ids\x18\x01 \x01(\x0cH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x42\x07\n\x05input\"G\n\x0fOutputSelection\x12\r\n\x05score\x18\x01 \x01(\x08\x12\x11\n\tlogp_long\x18\x02 \x01(\x08\x12\x12\n\nlogp_short\x18\x03 \x01(\x08\"\xb6\x01\n\x0cScoreRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06scorer\x18\x02 \x01(\t\x12\x30\n\tsequences\x18\x03 \x03(\x0b\x32\x1d.tokenweight.v1.TokenSequence\x12\x0e\n\x06window\x18\x04 \x01(\r\x12\x0e\n\x06stride\x18\x05 \x01(\r\x12\x30\n\x07outputs\x18\x06 \x01(\x0b\x32\x1f.tokenweight.v1.OutputSelection\"f\n\x0bTokenScores\x12\r\n\x05score\x18\x01 \x01(\x0c\x12\x11\n\tlogp_long\x18\x02 \x01(\x0c\x12\x12\n\nlogp_short\x18\x03 \x01(\x0c\x12\x11\n\ttoken_ids\x18\x04 \x01(\x0c\x12\x0e\n\x06tokens\x18\x05 \x03(\t\"+\n\nScoreError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xc1\x01\n\rScoreResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06scorer\x18\x02 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12,\n\x07results\x18\x04 \x03(\x0b\x32\x1b.tokenweight.v1.TokenScores\x12\x0e\n\x06window\x18\x05 \x01(\r\x12\x0e\n\x06stride\x18\x06 \x01(\r\x12)\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x1a.tokenweight.v1.ScoreError\"\x14\n\x12ListScorersRequest\"\x88\x02\n\nScorerInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nlong_model\x18\x02 \x01(\t\x12\x13\n\x0bshort_model\x18\x03 \x01(\t\x12\x16\n\x0e\x64\x65\x66\x61ult_window\x18\x04 \x01(\r\x12\x16\n\x0e\x64\x65\x66\x61ult_stride\x18\x05 \x01(\r\x12\x1b\n\x13max_sequence_length\x18\x06 \x01(\r\x12\x12\n\nvocab_size\x18\x07 \x01(\r\x12\r\n\x05\x64type\x18\x08 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\t \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\n \x01(\t\x12\x12\n\nis_default\x18\x0b \x01(\x08\x12\x1a\n\x12max_request_tokens\x18\x0c \x01(\x04\"Z\n\x13ListScorersResponse\x12+\n\x07scorers\x18\x01 \x03(\x0b\x32\x1a.tokenweight.v1.ScorerInfo\x12\x16\n\x0e\x64\x65\x66\x61ult_scorer\x18\x02 \x01(\t2\xf6\x01\n\x06Scorer\x12\x44\n\x05Score\x12\x1c.tokenweight.v1.ScoreRequest\x1a\x1d.tokenweight.v1.ScoreResponse\x12N\n\x0bScoreStream\x12\x1c.tokenweight.v1.ScoreRequest\x1a\x1d.tokenweight.v1.ScoreResponse(\x01\x30\x01\x12V\n\x0bListScorers\x12\".tokenweight.v1.ListScorersRequest\x1a#.tokenweight.v1.ListScorersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,23 +32,23 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tokenweight.v1.scorer_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TOKENSEQUENCE']._serialized_start=47
-  _globals['_TOKENSEQUENCE']._serialized_end=81
-  _globals['_OUTPUTSELECTION']._serialized_start=83
-  _globals['_OUTPUTSELECTION']._serialized_end=154
-  _globals['_SCOREREQUEST']._serialized_start=157
-  _globals['_SCOREREQUEST']._serialized_end=339
-  _globals['_TOKENSCORES']._serialized_start=341
-  _globals['_TOKENSCORES']._serialized_end=408
-  _globals['_SCOREERROR']._serialized_start=410
-  _globals['_SCOREERROR']._serialized_end=453
-  _globals['_SCORERESPONSE']._serialized_start=456
-  _globals['_SCORERESPONSE']._serialized_end=649
-  _globals['_LISTSCORERSREQUEST']._serialized_start=651
-  _globals['_LISTSCORERSREQUEST']._serialized_end=671
-  _globals['_SCORERINFO']._serialized_start=674
-  _globals['_SCORERINFO']._serialized_end=938
-  _globals['_LISTSCORERSRESPONSE']._serialized_start=940
-  _globals['_LISTSCORERSRESPONSE']._serialized_end=1030
-  _globals['_SCORER']._serialized_start=1033
-  _globals['_SCORER']._serialized_end=1279
+  _globals['_TOKENSEQUENCE']._serialized_end=108
+  _globals['_OUTPUTSELECTION']._serialized_start=110
+  _globals['_OUTPUTSELECTION']._serialized_end=181
+  _globals['_SCOREREQUEST']._serialized_start=184
+  _globals['_SCOREREQUEST']._serialized_end=366
+  _globals['_TOKENSCORES']._serialized_start=368
+  _globals['_TOKENSCORES']._serialized_end=470
+  _globals['_SCOREERROR']._serialized_start=472
+  _globals['_SCOREERROR']._serialized_end=515
+  _globals['_SCORERESPONSE']._serialized_start=518
+  _globals['_SCORERESPONSE']._serialized_end=711
+  _globals['_LISTSCORERSREQUEST']._serialized_start=713
+  _globals['_LISTSCORERSREQUEST']._serialized_end=733
+  _globals['_SCORERINFO']._serialized_start=736
+  _globals['_SCORERINFO']._serialized_end=1000
+  _globals['_LISTSCORERSRESPONSE']._serialized_start=1002
+  _globals['_LISTSCORERSRESPONSE']._serialized_end=1092
+  _globals['_SCORER']._serialized_start=1095
+  _globals['_SCORER']._serialized_end=1341
 # @@protoc_insertion_point(module_scope)

@@ -7,10 +7,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TokenSequence(_message.Message):
-    __slots__ = ("token_ids",)
+    __slots__ = ("token_ids", "text")
     TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
     token_ids: bytes
-    def __init__(self, token_ids: _Optional[bytes] = ...) -> None: ...
+    text: str
+    def __init__(self, token_ids: _Optional[bytes] = ..., text: _Optional[str] = ...) -> None: ...
 
 class OutputSelection(_message.Message):
     __slots__ = ("score", "logp_long", "logp_short")
@@ -39,14 +41,18 @@ class ScoreRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., scorer: _Optional[str] = ..., sequences: _Optional[_Iterable[_Union[TokenSequence, _Mapping]]] = ..., window: _Optional[int] = ..., stride: _Optional[int] = ..., outputs: _Optional[_Union[OutputSelection, _Mapping]] = ...) -> None: ...
 
 class TokenScores(_message.Message):
-    __slots__ = ("score", "logp_long", "logp_short")
+    __slots__ = ("score", "logp_long", "logp_short", "token_ids", "tokens")
     SCORE_FIELD_NUMBER: _ClassVar[int]
     LOGP_LONG_FIELD_NUMBER: _ClassVar[int]
     LOGP_SHORT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
     score: bytes
     logp_long: bytes
     logp_short: bytes
-    def __init__(self, score: _Optional[bytes] = ..., logp_long: _Optional[bytes] = ..., logp_short: _Optional[bytes] = ...) -> None: ...
+    token_ids: bytes
+    tokens: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, score: _Optional[bytes] = ..., logp_long: _Optional[bytes] = ..., logp_short: _Optional[bytes] = ..., token_ids: _Optional[bytes] = ..., tokens: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ScoreError(_message.Message):
     __slots__ = ("code", "message")
