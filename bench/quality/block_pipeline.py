@@ -6,7 +6,7 @@ Groups (each includes the stages before it, which skip what is already done):
     pilot-a   corpus, tokenizer, prepare, weak          -> the carried tokenizer, weak scorer, judge
     pilot-b   ... pilot-pretrain, pilot-extend, calibrate -> bench/quality/calibration.json
     block-a   corpus, prepare, init, pretrain            (needs --block N)
-    block-b   ... scorers, extend
+    block-b   ... scorers, select (with --selection-arms), extend
     block-c   ... eval, diagnose, record, report         -> bench/results/quality_block{N}.json
     report    the cross-block report from the records here
 """
@@ -85,6 +85,8 @@ def context(args, repo: Path) -> tuple[BlockContext, Path, Path]:
     import torch
 
     profile = BLOCK_PROFILES[args.profile]
+    if getattr(args, "selection_arms", False):
+        profile = replace(profile, selection_arms=True)
     work = Path(args.work or repo / "runs" / "quality" / profile.name).resolve()
     work.mkdir(parents=True, exist_ok=True)
     smoke = profile.name.endswith("smoke")

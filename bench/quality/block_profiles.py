@@ -29,6 +29,7 @@ class BlockArm:
     window: int | None = None  # scoring window k (default: the pretraining context)
     stride: int | None = None  # chunk stride s (default 3k/4)
     flops_matched: bool = False  # uniform, with more steps: the scored arms' FLOPs
+    data: str = "long"  # extension data: the long pool, or a selection of it ("top", "control")
 
     def trainer_flags(self, short_len: int) -> list[str]:
         flags = ["--weighting", self.weighting]
@@ -41,7 +42,7 @@ class BlockArm:
         return flags
 
 
-def block_arms(short_len: int) -> tuple[BlockArm, ...]:
+def block_arms(short_len: int, selection: bool = False) -> tuple[BlockArm, ...]:
     # LongCE as published (PKU-ML/LongPPL, finetune/finetune.py `loss_weight`): the model being
     # trained scores itself (no grad); weight = min(exp(loss_short - loss_full), 5); the first
     # trunc_len + internal tokens keep weight 1 (their "short" pass sees the whole prefix);
@@ -61,7 +62,21 @@ def block_arms(short_len: int) -> tuple[BlockArm, ...]:
             "longce", "longce", {"gamma": 5.0}, "self", window=short_len + internal, stride=internal
         ),
         BlockArm("uniform-flops", "uniform", flops_matched=True),
+    ) + (SELECTION_ARMS if selection else ())
+
+
+# Data selection x weighting (`tokenweight rank` + `select`, stage `select`): the top fraction of
+# the long pool by the copy-corrected long-range score against a random subset of the same
+# size and length strata, each trained uniformly and with dense weighting from the block's own
+# frozen scorer. Same base, same steps (equal tokens), equal documents per stratum.
+SELECTION_ARMS = tuple(
+    BlockArm(f"{data}-{name}", weighting, params, source, scorer, data=data)
+    for data in ("top", "control")
+    for name, weighting, params, source, scorer in (
+        ("uniform", "uniform", {}, None, None),
+        ("dense", "dense", {"lam": 0.75}, "hybrid", "base"),
     )
+)
 
 
 @dataclass(frozen=True)
@@ -102,9 +117,10 @@ class BlockProfile:
     jobs_per_device: int = 4
     carried: Path = CARRIED
     calibration: Path = CALIBRATION
-    # Data-selection arms (top 30% of extension files by `tokenweight rank` against a matched
-    # random 30%) would be added here; none are built yet, so a profile that asks is refused.
+    # Data-selection arms (SELECTION_ARMS): the top `selection_fraction` of the long pool by
+    # `tokenweight rank` against a matched random subset; the pipeline's --selection-arms.
     selection_arms: bool = False
+    selection_fraction: float = 0.3
 
     @property
     def long_rope_theta(self) -> float:
@@ -127,7 +143,7 @@ class BlockProfile:
 
     @property
     def arms(self) -> tuple[BlockArm, ...]:
-        return block_arms(self.short_len)
+        return block_arms(self.short_len, self.selection_arms)
 
 
 # The pilot sweeps, per the eval's options: passkey look-alike distractors, and same-form

@@ -187,8 +187,6 @@ def extend(ctx: BlockContext) -> None:
     """Every arm from the block's base, side by side, the same tokens each (the FLOPs-matched
     uniform arm: the same data, more steps)."""
     p = ctx.profile
-    if p.selection_arms:
-        raise PipelineError("data-selection arms are not built yet; set selection_arms=False")
     todo = [arm for arm in p.arms if not _done(ctx, arm)]
     if not todo:
         return
@@ -217,11 +215,55 @@ def extend(ctx: BlockContext) -> None:
                 training,
                 ctx.block,
                 extra,
+                data=_extension_data(ctx, arm),
             )
             jobs.append(Job(f"block{ctx.block}-extend-{arm.name}", argv, "extend"))
         ctx.runner.run_parallel(jobs)
     for arm in todo:
         drop_checkpoints(ctx.block_path("extend", arm.name))
+
+
+def select(ctx: BlockContext) -> None:
+    """With --selection-arms: rank the long pool's files by how much they need long context
+    and keep the top fraction per length stratum, with a random control of the same size and
+    strata, both as extension shards. The ranking scorer must read the whole long context: the
+    carried judge (the weak scorer extended uniformly; the block's base only knows the short
+    one). The judge then also marks LongPPL's key tokens, so LongPPL is no independent check
+    of these four arms; the judge-free primaries are."""
+    p = ctx.profile
+    out = ctx.block_path("select")
+    if not p.selection_arms or (out / "selection.json").is_file():
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    long_docs = ctx.path("corpus", "long.jsonl")
+    ranking = out / "rank.jsonl"
+    argv = TOKENWEIGHT + ["rank"] + flags(
+        input=long_docs,
+        model=ctx.carried / "judge",
+        window=p.short_len,
+        device="cuda" if ctx.device == "cuda" else "cpu",
+        out=ranking,
+    )
+    ctx.runner.run(Job(f"block{ctx.block}-rank", argv, "select"))
+    argv = TOKENWEIGHT + ["select"] + flags(
+        ranking=ranking,
+        input=long_docs,
+        tokenizer=ctx.carried / "tokenizer",
+        fraction=p.selection_fraction,
+        seq_len=p.long_len,
+        seed=ctx.block,
+        out=out,
+    )
+    ctx.runner.run(Job(f"block{ctx.block}-select", argv, "select"))
+
+
+def _extension_data(ctx: BlockContext, arm: BlockArm) -> Path:
+    if arm.data == "long":
+        return ctx.path("shards-long")
+    data = ctx.block_path("select", arm.data)
+    if not (data / "index.json").is_file():
+        raise PipelineError(f"{data} not found: run the block's select stage first")
+    return data
 
 
 def evaluate(ctx: BlockContext) -> None:
@@ -312,6 +354,7 @@ BLOCK = {
     "init": init,
     "pretrain": pretrain,
     "scorers": scorers,
+    "select": select,
     "extend": extend,
     "eval": evaluate,
     "diagnose": diagnose,
@@ -361,10 +404,17 @@ def _pretrain(ctx: BlockContext, init_dir: Path, out: Path, steps: int, seed: in
 
 
 def _extend_argv(
-    ctx: BlockContext, model: Path, out: Path, t: Training, seed: int, extra: list[str]
+    ctx: BlockContext,
+    model: Path,
+    out: Path,
+    t: Training,
+    seed: int,
+    extra: list[str],
+    data: Path | None = None,
 ) -> list[str]:
     p = ctx.profile
-    argv = trainer_argv(ctx, 1, model, ctx.path("shards-long"), out, t, p.long_len, seed)
+    data = data or ctx.path("shards-long")
+    argv = trainer_argv(ctx, 1, model, data, out, t, p.long_len, seed)
     return argv + flags(rope_theta=p.long_rope_theta) + extra
 
 

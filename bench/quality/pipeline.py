@@ -62,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--profile", choices=sorted({*PROFILES, *BLOCK_PROFILES}), default="h200")
     parser.add_argument("--block", type=int, help="block profiles: the block's number and seed")
+    parser.add_argument(
+        "--selection-arms",
+        action="store_true",
+        help="block profiles: add the data-selection arms (top 30%% of the long pool by "
+        "`tokenweight rank` vs a matched random 30%%, each uniform and dense)",
+    )
     parser.add_argument("--work", help="working directory (default runs/quality/PROFILE)")
     parser.add_argument(
         "--seeds", type=int, nargs="+", help="extension seeds (default: the profile's)"

@@ -2,6 +2,7 @@
 cross-block primaries (hierarchical bootstrap, Holm, verdicts), the stop rule, the pilot's
 choice of task settings, the equal-FLOPs arm and faithful LongCE's flags."""
 
+import contextlib
 import json
 import math
 from dataclasses import replace
@@ -9,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from bench.quality import block_record, block_report, calibrate
+from bench.quality import block_record, block_report, block_stages, calibrate
 from bench.quality.block_estimate import arm_scoring
 from bench.quality.block_profiles import BLOCK_PROFILES
 from bench.quality.block_stages import BlockContext, flops_ratio
@@ -252,3 +253,38 @@ def test_block_export_keeps_results_and_drops_models(tmp_path):
         "repo2/bench/results/quality_block1.json",
         "repo2/bench/quality/carried/weak/config.json",
     }
+
+
+def test_selection_arms_train_on_the_selection_with_equal_steps(tmp_path, monkeypatch):
+    """--selection-arms adds top/control x uniform/dense; each trains on its selection's shards
+    from the same base for the same steps as the other arms."""
+    p = replace(BLOCK_PROFILES["block"], selection_arms=True)
+    arms = {a.name: a for a in p.arms}
+    assert {"top-uniform", "top-dense", "control-uniform", "control-dense"} <= set(arms)
+    assert len(arms) == len(BLOCK_PROFILES["block"].arms) + 4
+    assert arms["top-dense"].trainer_flags(p.short_len) == arms["dense"].trainer_flags(p.short_len)
+    ctx = BlockContext(p, tmp_path, 1, Runner(tmp_path, ["cpu"], 1), "cpu", tmp_path,
+                       tmp_path / "calibration.json", tmp_path / "results")
+    for data in ("top", "control"):
+        ctx.block_path("select", data).mkdir(parents=True)
+        (ctx.block_path("select", data) / "index.json").write_text("{}")
+    jobs = []
+    monkeypatch.setattr(Runner, "run_parallel", lambda self, todo: jobs.extend(todo))
+    monkeypatch.setattr(block_stages, "scorer_server", lambda *a: contextlib.nullcontext("url"))
+    block_stages.extend(ctx)
+    argv = {job.name.rsplit("extend-", 1)[1]: job.argv for job in jobs}
+    data = {name: a[a.index("--data") + 1] for name, a in argv.items()}
+    steps = {name: a[a.index("--max-steps") + 1] for name, a in argv.items()}
+    assert data["top-uniform"] == data["top-dense"] == str(ctx.block_path("select", "top"))
+    assert data["control-dense"] == str(ctx.block_path("select", "control"))
+    assert data["uniform"] == data["dense"] == str(ctx.path("shards-long"))
+    assert steps["top-dense"] == steps["control-uniform"] == steps["uniform"]
+
+
+def test_selection_arms_refuse_to_train_without_the_selection(tmp_path, monkeypatch):
+    p = replace(BLOCK_PROFILES["block"], selection_arms=True)
+    ctx = BlockContext(p, tmp_path, 1, Runner(tmp_path, ["cpu"], 1), "cpu", tmp_path,
+                       tmp_path / "calibration.json", tmp_path / "results")
+    monkeypatch.setattr(block_stages, "scorer_server", lambda *a: contextlib.nullcontext("url"))
+    with pytest.raises(PipelineError, match="select stage"):
+        block_stages.extend(ctx)
