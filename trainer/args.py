@@ -33,11 +33,14 @@ class TrainConfig:
     device: str = "auto"
     parallel: str = "ddp"
     activation_checkpointing: bool = True
+    activation_checkpointing_every: int = 1  # recompute every N-th decoder layer (1 = all)
+    fast: bool = False  # fused AdamW, compiled blocks and compiled loss together
     compile_blocks: bool = False  # torch.compile each decoder layer, attention left eager
     compile_loss: bool = False  # torch.compile the LM-head chunk's cross-entropy
     fused_optimizer: bool = False  # AdamW(fused=True): one kernel for all parameters
     loss_chunk_size: int = DEFAULT_CHUNK_SIZE  # tokens per LM-head + cross-entropy chunk
     loss_recompute: bool = True  # recompute each chunk's logits in the backward (not kept)
+    bf16_params: bool = False  # FSDP: gather parameters in bf16, reduce gradients in fp32
     rope_theta: float | None = None
     score_source: str | None = None
     scorer_url: str | None = None
@@ -107,7 +110,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="recompute each decoder layer in the backward (default: on)",
     )
 
+    g.add_argument(
+        "--activation-checkpointing-every",
+        type=int,
+        default=1,
+        metavar="N",
+        help="recompute only every N-th decoder layer (1 = all; 2 = half the recompute, more memory)",
+    )
+
     g = p.add_argument_group("speed")
+    g.add_argument(
+        "--fast",
+        action="store_true",
+        help="the measured speed set: --fused-optimizer --compile-blocks --compile-loss (same losses; compiles at start)",
+    )
     g.add_argument(
         "--compile-blocks",
         action="store_true",
@@ -132,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="recompute each chunk's logits in the backward; --no-loss-recompute keeps them (faster where tokens x vocab fp32 logits fit; default: on)",
+    )
+
+    g.add_argument(
+        "--bf16-params",
+        action="store_true",
+        help="with --parallel fsdp: gather parameters in bf16 (fp32 master weights, fp32 gradient reduction)",
     )
 
     g = p.add_argument_group("optimisation")
@@ -258,6 +280,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     ns = parser.parse_args(argv)
     values = {f.name: getattr(ns, f.name) for f in fields(TrainConfig)}
     values["score_source"] = _score_source(ns, parser)
+    if ns.fast:
+        values.update(fused_optimizer=True, compile_blocks=True, compile_loss=True)
     config = TrainConfig(**values)
     try:
         check(config)
@@ -282,7 +306,14 @@ def _score_source(ns, parser) -> str | None:
 
 
 def check(c: TrainConfig) -> None:
-    for name in ("batch_size", "grad_accum", "max_steps", "prefetch_depth", "loss_chunk_size"):
+    for name in (
+        "batch_size",
+        "grad_accum",
+        "max_steps",
+        "prefetch_depth",
+        "loss_chunk_size",
+        "activation_checkpointing_every",
+    ):
         if getattr(c, name) < 1:
             raise ValueError(
                 f"--{name.replace('_', '-')} must be at least 1, got {getattr(c, name)}"
@@ -298,6 +329,8 @@ def check(c: TrainConfig) -> None:
         raise ValueError(
             f"--seq-len must be at least 2 (one target needs two tokens), got {c.seq_len}"
         )
+    if c.bf16_params and c.parallel != "fsdp":
+        raise ValueError("--bf16-params needs --parallel fsdp (its mixed-precision policy)")
     if c.score_source in ("service", "hybrid") and not c.scorer_url:
         raise ValueError(f"--score-source {c.score_source} needs --scorer-url grpc://HOST:PORT")
     if c.score_source == "precomputed" and not c.scores:

@@ -84,14 +84,16 @@ def compile_blocks(lm: nn.Module, backend: str = "inductor") -> None:
         layer.forward = torch.compile(layer.forward, backend=backend)
 
 
-def apply_activation_checkpointing(lm: nn.Module) -> None:
-    """Wrap each decoder layer so only its input is kept and its inside is recomputed.
+def apply_activation_checkpointing(lm: nn.Module, every: int = 1) -> None:
+    """Wrap every `every`-th decoder layer so only its input is kept and its inside is
+    recomputed; the others keep their activations (less recompute for more memory).
 
     Applied before FSDP, as torchtitan does, so each sharded unit is a checkpointed layer.
     """
     layers = decoder_layers(lm)
     for i, layer in enumerate(layers):
-        layers[i] = checkpoint_wrapper(layer)
+        if i % every == 0:
+            layers[i] = checkpoint_wrapper(layer)
 
 
 class HiddenStates(nn.Module):

@@ -66,8 +66,10 @@ def train(cfg: TrainConfig, d: Dist) -> None:
     if cfg.compile_blocks:
         compile_blocks(lm)
     if cfg.activation_checkpointing:
-        apply_activation_checkpointing(lm)
-    model = parallelize(HiddenStates(lm), cfg.parallel, d)
+        apply_activation_checkpointing(lm, every=cfg.activation_checkpointing_every)
+    model = parallelize(
+        HiddenStates(lm), cfg.parallel, d, torch.bfloat16 if cfg.bf16_params else None
+    )
     head = lm.get_output_embeddings()
     optimizer = torch.optim.AdamW(
         model.parameters(),
