@@ -104,15 +104,23 @@ def small_cases(shape: str, seq_len: int, options: list[str]) -> list[Case]:
     return cases
 
 
-def big_cases(shape: str, scorer: str, seq_len: int, batch_sizes: list[int]) -> list[Case]:
+# The 1B shape's options beyond the fast set, each measured on top of it at micro-batch 1.
+BIG_EXTRAS = {
+    "bf16-params": ("--bf16-params",),
+    "ckpt-every-2": ("--activation-checkpointing-every", "2"),
+    "no-act-ckpt": ("--no-activation-checkpointing",),
+}
+
+
+def big_cases(shape: str, scorer: str, seq_len: int, batch_sizes: list[int],
+              extras: list[str] = ()) -> list[Case]:
     # 8k x 128k logits fit on the GPU (about 6 GiB with their fp32 copy): one chunk, kept.
-    fast = ("--fused-optimizer", "--compile-blocks", "--compile-loss", "--loss-chunk-size", "8192",
-            "--no-loss-recompute")
+    fast = ("--fast", "--loss-chunk-size", "8192", "--no-loss-recompute")
     common = dict(shape=shape, seq_len=seq_len, weighting="hybrid", parallel="fsdp",
                   scorer_shape=scorer)
     return [Case("plain", batch_size=1, **common)] + [
         Case(f"fast-batch{b}", batch_size=b, flags=fast, **common) for b in batch_sizes
-    ]
+    ] + [Case(f"fast-batch1+{e}", batch_size=1, flags=fast + BIG_EXTRAS[e], **common) for e in extras]
 
 
 def shape_config(shape: str):
@@ -192,7 +200,8 @@ def build_plan(args) -> Plan:
         for seq_len in args.seq_lens:
             plan.cases += small_cases("30m", seq_len, args.options)
     if "big" in args.parts:
-        plan.cases += big_cases("llama-3.2-1b", "small", args.big_seq_len, args.big_batch_sizes)
+        plan.cases += big_cases("llama-3.2-1b", "small", args.big_seq_len, args.big_batch_sizes,
+                                args.big_extras)
     return plan
 
 
@@ -208,6 +217,8 @@ def main(argv: list[str] | None = None):
     parser.add_argument("--big-seq-len", type=int, default=8192)
     parser.add_argument("--big-batch-sizes", nargs="+", type=int, default=[1],
                         help="1B shape: micro-batch sizes of the fast rows (plain: 1)")
+    parser.add_argument("--big-extras", nargs="*", choices=list(BIG_EXTRAS), default=[],
+                        help="1B shape: options measured on top of the fast set (micro-batch 1)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup-steps", type=int, default=8)
     parser.add_argument("--device", default="cuda")

@@ -18,6 +18,7 @@ A TOML config file hosts several scorers in one process:
     device = "cuda:0"                      # optional; CUDA if available
     max_length = 32768                     # optional; default the model's positions
     batch_invariant = true                 # optional; scores independent of batch company
+    compile_blocks = true                  # optional; fused layers on the GPU, same scores
 """
 
 import dataclasses
@@ -49,6 +50,8 @@ class ScorerConfig:
     token_budget: int | None = None
     # Every pass in its own forward call: bit-identical scores whatever the batch company.
     batch_invariant: bool = False
+    # Decoder layers compiled around eager attention (GPU speed-up; compiles at start-up).
+    compile_blocks: bool = False
 
 
 @dataclass(frozen=True)

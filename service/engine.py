@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .blocks import compile_blocks
 from .chunking import LONG, SHORT, check_window, default_stride, plan_sequence
 from .loading import load_causal_lm, resolve_device, resolve_dtype
 from .logprobs import ForwardOptions, run_segments
@@ -160,6 +161,7 @@ class ScoringEngine:
         max_length: int | None = None,
         token_budget: int | None = None,
         batch_invariant: bool | None = None,
+        compile_blocks: bool | None = None,
         options: ForwardOptions | None = None,
         long_path: str = "",
         short_path: str = "",
@@ -195,9 +197,28 @@ class ScoringEngine:
             self.options = dataclasses.replace(self.options, token_budget=token_budget)
         if batch_invariant is not None:
             self.options = dataclasses.replace(self.options, batch_invariant=batch_invariant)
+        if compile_blocks is not None:
+            self.options = dataclasses.replace(self.options, compile_blocks=compile_blocks)
         # Digests of models built in memory are computed on the first fingerprint, not here:
         # hashing a multi-GB model costs seconds that scoring alone never needs.
         self._given_digests = (long_digest, short_digest)
+        if self.options.compile_blocks:
+            self._compile_blocks()
+
+    def _compile_blocks(self) -> None:
+        """Compile the models' decoder layers and pay the compilation now, not on a request.
+
+        Symbolic shapes (dynamic=True) make one compilation serve every length and batch
+        size; torch specialises sizes of one, so the warm-up covers one-row and several-row
+        batches and a one-token pass.
+        """
+        for model in (self.long_model, self.short_model):
+            if model is not None:
+                compile_blocks(model, dynamic=True)
+        length = min(self.max_length, self.window + self.stride + 1)
+        tokens = np.arange(length, dtype=np.int64) % self.vocab_size
+        self.score([tokens])
+        self.score([tokens, tokens[: max(2, length // 2)], tokens[:2]])
 
     @classmethod
     def from_pretrained(

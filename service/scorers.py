@@ -66,6 +66,7 @@ def load_scorers(configs: list[ScorerConfig]) -> dict[str, Scorer]:
                 max_length=config.max_length,
                 token_budget=config.token_budget,
                 batch_invariant=config.batch_invariant,
+                compile_blocks=config.compile_blocks,
                 long_path=long.path,
                 short_path=short.path if short else "",
                 long_digest=long.digest,

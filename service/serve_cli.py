@@ -14,6 +14,7 @@ log = logging.getLogger("tokenweight.serve")
 # Flags that describe the single --model scorer; with --config the file says these.
 _SCORER_FLAGS = (
     "model", "short_model", "name", "window", "stride", "device", "dtype", "max_length", "batch_invariant",
+    "compile_blocks",
 )
 
 
@@ -31,11 +32,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--stride", type=int, help="stride s (default 3k/4)")
     what.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     what.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: bf16 on CUDA, fp32 on CPU")
-    what.add_argument("--max-length", type=int, help="longest sequence accepted (default: the model's positions)")
+    what.add_argument(
+        "--max-length", type=int,
+        help="longest sequence accepted, at most the model's positions (default: those); "
+        "65536 or 131072 for 64k/128k contexts, with --window 8192 or 32768",
+    )
     what.add_argument(
         "--batch-invariant", action="store_true", default=None,
         help="run each pass in its own forward so scores never depend on what a request is "
         "batched with (bit-identical; slower for short sequences)",
+    )
+    what.add_argument(
+        "--compile-blocks", action="store_true", default=None,
+        help="compile the decoder layers (norms, RoPE, MLP fused; attention stays cuDNN/SDPA): "
+        "faster on GPUs, same scores to bf16 rounding; compiles once at start-up",
     )
     what.add_argument("--allow-pickle", action="store_true", default=None, help="allow pytorch_model.bin checkpoints (runs code from the file)")
 
@@ -52,7 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tune.add_argument("--batch-tokens", type=int, help="tokens coalesced per engine call (default: the engine's token budget)")
     tune.add_argument("--max-wait-ms", type=float, help="longest a request waits for others to batch with (default 5)")
     tune.add_argument("--queue-size", type=int, help="requests waiting per scorer before RESOURCE_EXHAUSTED (default 256)")
-    tune.add_argument("--max-request-tokens", type=int, help="tokens per request (default 1048576)")
+    tune.add_argument(
+        "--max-request-tokens", type=int,
+        help="tokens per request (default 1048576: eight 128k sequences); gRPC and HTTP message "
+        "limits are sized from it",
+    )
     tune.add_argument("--max-sequences", type=int, help="sequences per request (default 4096)")
     tune.add_argument("--cache-mb", type=float, help="in-memory score cache size (default 0 = off)")
     tune.add_argument("--grace", dest="grace_s", type=float, help="seconds to drain on SIGTERM (default 30)")
@@ -95,6 +109,7 @@ def build_config(args: argparse.Namespace):
         max_length=args.max_length,
         allow_pickle=bool(args.allow_pickle),
         batch_invariant=bool(args.batch_invariant),
+        compile_blocks=bool(args.compile_blocks),
     )
     return ServeConfig([scorer], scorer.name, server_config({}, overrides))
 

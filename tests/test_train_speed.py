@@ -5,12 +5,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from tokenweight.service.blocks import compile_blocks
 from tokenweight.trainer.loss import token_cross_entropy, weighted_mean
-from tokenweight.trainer.model import (
-    HiddenStates,
-    apply_activation_checkpointing,
-    compile_blocks,
-)
+from tokenweight.trainer.model import HiddenStates, apply_activation_checkpointing
 
 VOCAB, SEQ = 96, 40
 

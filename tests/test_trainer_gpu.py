@@ -10,7 +10,8 @@ import torch
 from bench.common import save_llama, write_tokens
 from tokenweight.trainer.loss import token_cross_entropy, weighted_mean
 from tokenweight.trainer.metrics_log import read_metrics
-from tokenweight.trainer.model import HiddenStates, apply_activation_checkpointing, compile_blocks
+from tokenweight.service.blocks import compile_blocks
+from tokenweight.trainer.model import HiddenStates, apply_activation_checkpointing
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
+from tokenweight.service.blocks import compile_blocks
 from tokenweight.service.engine import default_options
 from tokenweight.service.logprobs import ForwardOptions
 
@@ -28,7 +29,7 @@ from . import metrics_log as m
 from .args import TrainConfig, parse_args
 from .data import Batch, RankBatches, TokenShards, batch_token_hash
 from .loss import token_cross_entropy, weighted_mean
-from .model import HiddenStates, apply_activation_checkpointing, compile_blocks, load_model
+from .model import HiddenStates, apply_activation_checkpointing, load_model
 from .parallel import Dist, all_reduce, gradient_sync, init_distributed, parallelize, unshard_root
 from .scores import BatchScores, make_source, self_logp_short, self_window
 from .weighting import compute_weights
