@@ -2,13 +2,10 @@
 agree with the engine (fp32, so to rounding), and every row is written."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from engine_bench import main  # noqa: E402
+from bench.engine_bench import main, released
 
 
 def test_cpu_smoke_rows_agree_with_the_engine(tmp_path):
@@ -26,8 +23,6 @@ def test_cpu_smoke_rows_agree_with_the_engine(tmp_path):
 
 def test_released_way_needs_a_stride_that_divides_the_rest():
     import torch
-
-    from engine_bench import released
 
     with pytest.raises(ValueError, match="stride to divide"):
         released(torch.nn.Linear(1, 1), [torch.zeros(100, dtype=torch.long)], 64, 48, 1)
