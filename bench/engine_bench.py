@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import build_model, forward_flops, machine, matmul_ceiling, timed, write_results  # noqa: E402
 from tokenweight.service.blocks import decoder_layers  # noqa: E402
 from tokenweight.service.chunking import chunk_count, default_stride  # noqa: E402
-from tokenweight.service.engine import ScoringEngine  # noqa: E402
+from tokenweight.service.engine import Outputs, ScoringEngine  # noqa: E402
 from tokenweight.service.logprobs import ForwardOptions  # noqa: E402
 
 
@@ -163,6 +163,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=2, help="timed runs after one warm-up")
     parser.add_argument("--variants", nargs="+", default=["plain", "cudnn+compiled", "fused"],
                         choices=list(VARIANTS), help="engine paths; the first is the reference")
+    parser.add_argument("--hybrid-for", nargs="*", default=["cudnn+compiled"],
+                        help="engine variants also timed for logp_short alone (hybrid source)")
     parser.add_argument("--impls", nargs="+", default=["engine", "baseline", "released"],
                         choices=["engine", *BASELINES])
     parser.add_argument("--out", default="engine_h200.json",
@@ -200,10 +202,10 @@ def main(argv=None):
             common = dict(model=shape, seq_len=length, window=window, stride=stride,
                           sequences=n_seq, flops_per_run=flops)
 
-            def row(impl, variant, seconds, peak, above, **extra):
-                rows.append(dict(impl=impl, variant=variant, **common, seconds=seconds,
-                                 tokens_per_s=tokens / seconds,
-                                 mfu=flops / seconds / ceiling if ceiling else None,
+            def row(impl, variant, seconds, peak, above, run_flops=flops, **extra):
+                rows.append(dict(impl=impl, variant=variant, **dict(common, flops_per_run=run_flops),
+                                 seconds=seconds, tokens_per_s=tokens / seconds,
+                                 mfu=run_flops / seconds / ceiling if ceiling else None,
                                  peak_mem_gib=peak / 2**30, peak_above_weights_gib=above / 2**30,
                                  **extra, **context))
                 print({k: v for k, v in rows[-1].items() if k not in context}, flush=True)
@@ -223,6 +225,16 @@ def main(argv=None):
                 pairs = [(torch.from_numpy(r.logp_long), torch.from_numpy(r.logp_short)) for r in out["r"]]
                 row("engine", name, seconds, peak, above, engine_build_s=built,
                     **agreement(pairs, reference))
+                if name in args.hybrid_for:
+                    # logp_short alone (the `hybrid` source): the long pass is skipped, so the
+                    # FLOPs are those of the first window and the chunks.
+                    hybrid_flops = n_seq * (job_flops(model.config, length, window, stride)
+                                            - forward_flops(model.config, length - 1, length - 1)
+                                            + forward_flops(model.config, window - 1, window - 1))
+                    seconds, peak, above = measure(
+                        lambda: engine.score(numpy_seqs, outputs=Outputs(False, False, True)),
+                        device, args.repeats)
+                    row("engine", name + ", logp_short only", seconds, peak, above, hybrid_flops)
                 uncompile(model)
             for impl in args.impls:
                 if impl == "engine":
