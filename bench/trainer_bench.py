@@ -4,6 +4,7 @@ random-weight Llama shapes and synthetic prepared shards, plain and with each sp
     python3 -m bench.trainer_bench --out $OUT/trainer_h200.json          # everything (est. 7-9 min)
     python3 -m bench.trainer_bench --parts small --out $OUT/trainer_h200_small.json
     python3 -m bench.trainer_bench --parts small --seq-lens 4096          # a subset
+    python3 -m bench.trainer_bench --parts big --big-batch-sizes 1 2 --big-extras bf16-params
     python3 -m bench.trainer_bench --cpu-smoke --out /tmp/smoke.json      # tiny, CPU
 
 Parts:
@@ -13,7 +14,8 @@ Parts:
          (logp_short from a `tokenweight serve` of the same shape on the same GPU) plain and all.
   big    the Llama-3.2-1B shape at 8k: FSDP2 on one rank, bf16 autocast, activation
          checkpointing, the chunked weighted loss, hybrid scores from a small scorer served on
-         the same GPU; plain and with the speed options.
+         the same GPU; plain, the fast set per --big-batch-sizes, and the fast set with each
+         of --big-extras (bf16 FSDP parameters, checkpointing every 2nd layer, none).
 
 FLOPs are model FLOPs, counted as in bench/engine_bench.py (bench/common.forward_flops): per
 sequence of T = seq_len - 1 trained positions, a forward is 2*T*(matmul parameters of the
