@@ -250,6 +250,8 @@ class ScoringEngine:
         parts = [SCORING_VERSION, *self._weight_digests, str(self.dtype), self.device.type]
         if self.options.batch_invariant:
             parts.append("batch-invariant")
+        if self.options.compile_blocks:
+            parts.append("compiled-blocks")  # fused kernels round bf16 differently
         parts += [f"window={window}", f"stride={stride}"]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 
