@@ -64,6 +64,8 @@ def test_compiled_blocks_and_loss_match_the_plain_path_in_bf16():
 @pytest.mark.parametrize("more_flags", [
     (),  # as the 1B benchmark: compiled blocks inside activation checkpointing, under FSDP
     ("--no-loss-recompute", "--no-activation-checkpointing"),
+    # the 1B shape's next candidates: bf16 FSDP parameters, every other layer checkpointed
+    ("--bf16-params", "--activation-checkpointing-every", "2"),
 ])
 def test_trainer_with_the_speed_options_follows_the_plain_losses(tmp_path, more_flags):
     model = save_llama("tiny", tmp_path / "model", SEQ)
