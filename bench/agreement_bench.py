@@ -2,24 +2,22 @@
 does each run? Max and mean |Δ| of logp_long and logp_short against the engine's plain path,
 with the attention kernels torch.profiler saw, on one random-weight model.
 
-    python bench/agreement_bench.py --shape llama-3.2-1b --length 8192
+    python -m bench.agreement_bench --shape llama-3.2-1b --length 8192
 writes bench/results/agreement_h200.json.
 """
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import build_model, machine, write_results  # noqa: E402
-from engine_bench import VARIANTS, baseline  # noqa: E402
-from engine_profile import category  # noqa: E402
-from tokenweight.service.chunking import default_stride  # noqa: E402
-from tokenweight.service.engine import ScoringEngine  # noqa: E402
+from bench.common import build_model, machine, write_results
+from bench.engine_bench import VARIANTS, baseline
+from bench.engine_profile import category
+from tokenweight.service.chunking import default_stride
+from tokenweight.service.engine import ScoringEngine
 
 
 def attention_kernels(fn):

@@ -126,7 +126,7 @@ TRAIN_SHAPES = {
 # Set in every process a benchmark starts. NVLink multicast stays off in NCCL, PyTorch and
 # NVSHMEM: on the shared multi-GPU hosts a program using it can take the GPUs out of service.
 # PYTHONSAFEPATH is `-P` for the processes torchrun itself starts (it runs `python -u -m`), so
-# the repo root never shadows the installed or shimmed package.
+# a repo root without the links of bench/device_env.sh never shadows the installed package.
 CHILD_ENV = {
     "NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1",
     "PYTHONSAFEPATH": "1",
@@ -164,7 +164,7 @@ def write_tokens(path: Path, seq_len: int, rows: int, vocab: int = 32000) -> Pat
 
 def serve(model_dir, window: int, *extra: str, device: str = "cuda", env: dict | None = None):
     """Start `tokenweight serve` (gRPC only, any free port); returns (process, grpc URL) once ready."""
-    # -P: the repo root must not shadow the installed (or shimmed) package
+    # -P: a repo root without the links of bench/device_env.sh must not shadow the installed package
     cmd = [sys.executable, "-P", "-m", "tokenweight.cli", "serve", "--model", str(model_dir), "--window",
            str(window), "--device", device, "--grpc-port", "0", "--no-http", "--queue-size", "4096", *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -10,26 +10,24 @@ recorded in each row:
             cut with unfold, minibatch 1, full logits, cross-entropy on the transposed bf16
             logits, and the entropy term that code computes and then drops.
 
-    python bench/engine_bench.py                          # 1B and 8B shapes at 8k and 32k
-    python bench/engine_bench.py --lengths 65536 131072 --windows 8192 32768 --impls engine
-    python bench/engine_bench.py --cpu-smoke --variants plain cudnn --out /tmp/smoke.json
+    python -m bench.engine_bench                          # 1B and 8B shapes at 8k and 32k
+    python -m bench.engine_bench --lengths 65536 131072 --windows 8192 32768 --impls engine
+    python -m bench.engine_bench --cpu-smoke --variants plain cudnn --out /tmp/smoke.json
 writes bench/results/engine_h200.json (or --out).
 """
 
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import build_model, forward_flops, machine, matmul_ceiling, timed, write_results  # noqa: E402
-from tokenweight.service.blocks import decoder_layers  # noqa: E402
-from tokenweight.service.chunking import chunk_count, default_stride  # noqa: E402
-from tokenweight.service.engine import Outputs, ScoringEngine  # noqa: E402
-from tokenweight.service.logprobs import ForwardOptions  # noqa: E402
+from bench.common import build_model, forward_flops, machine, matmul_ceiling, timed, write_results
+from tokenweight.service.blocks import decoder_layers
+from tokenweight.service.chunking import chunk_count, default_stride
+from tokenweight.service.engine import Outputs, ScoringEngine
+from tokenweight.service.logprobs import ForwardOptions
 
 
 # The engine's paths: torch's own attention choice or a backend tried first, with or without
@@ -185,7 +183,8 @@ def main(argv=None):
         print(f"bf16 matmul ceiling {ceiling / 1e12:.0f} TFLOP/s", flush=True)
     context = dict(machine() if ceiling else {"device": "cpu"},
                    matmul_tflops=ceiling / 1e12 if ceiling else None,
-                   command="python " + " ".join(sys.argv if argv is None else ["bench/engine_bench.py", *argv]))
+                   command=" ".join(["python -m bench.engine_bench",
+                                     *(sys.argv[1:] if argv is None else argv)]))
     rows = []
     for shape in args.shapes:
         dtype = torch.float32 if args.cpu_smoke else torch.bfloat16

@@ -2,7 +2,7 @@
 (torch.profiler, after warm-up), kernel time grouped into matmuls, attention, compiled
 (Triton) kernels and the rest, plus the time the GPU sat idle between kernels.
 
-    python bench/engine_profile.py --shape llama-3.2-1b --length 32768
+    python -m bench.engine_profile --shape llama-3.2-1b --length 32768
 writes bench/results/engine_profile_h200.json.
 """
 
@@ -10,16 +10,14 @@ import argparse
 import re
 import sys
 import time
-from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import build_model, machine, write_results  # noqa: E402
-from engine_bench import VARIANTS, baseline  # noqa: E402
-from tokenweight.service.chunking import default_stride  # noqa: E402
-from tokenweight.service.engine import ScoringEngine  # noqa: E402
+from bench.common import build_model, machine, write_results
+from bench.engine_bench import VARIANTS, baseline
+from tokenweight.service.chunking import default_stride
+from tokenweight.service.engine import ScoringEngine
 
 # First match wins: attention kernels can contain "gemm" in their names.
 CATEGORIES = [

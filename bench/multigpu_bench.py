@@ -9,8 +9,8 @@
    with that batch's scores, checked from the trainer's --dump-weights records against the
    surviving replica.
 
-    source bench/device_env.sh && python3 bench/multigpu_bench.py   ->  bench/results/multigpu_h200.json
-    python bench/multigpu_bench.py --cpu-smoke   # gloo, tiny models, CPU replicas, 1-2 ranks
+    source bench/device_env.sh && python -m bench.multigpu_bench   ->  bench/results/multigpu_h200.json
+    python -m bench.multigpu_bench --cpu-smoke   # gloo, tiny models, CPU replicas, 1-2 ranks
 
 The scorer defaults to a frozen model of the trainee's own shape (the paper's frozen setup),
 so its share of the work is the real one; `--scorer small` serves a d512x4 instead.
@@ -28,8 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from bench.common import (
     child_env,
     machine,
     save_llama,
@@ -39,10 +38,10 @@ from common import (  # noqa: E402
     write_results,
     write_tokens,
 )
-from tokenweight.client import ScorerClient  # noqa: E402
-from tokenweight.trainer.data import RankBatches, TokenShards, batch_token_hash  # noqa: E402
-from tokenweight.trainer.metrics_log import METRICS_FILE, read_metrics  # noqa: E402
-from tokenweight.trainer.weighting import WeightingConfig, compute_weights  # noqa: E402
+from tokenweight.client import ScorerClient
+from tokenweight.trainer.data import RankBatches, TokenShards, batch_token_hash
+from tokenweight.trainer.metrics_log import METRICS_FILE, read_metrics
+from tokenweight.trainer.weighting import WeightingConfig, compute_weights
 
 
 def parse_args():
@@ -251,7 +250,7 @@ def main():
         if rows and not args.cpu:
             context = dict(machine(), gpus=args.gpus, seq_len=args.seq_len, window=args.window,
                            scorer=args.scorer, trainee="1b-body", batch_size_per_rank=1,
-                           command="python3 bench/multigpu_bench.py " + " ".join(sys.argv[1:]))
+                           command="python -m bench.multigpu_bench " + " ".join(sys.argv[1:]))
             write_results(args.out, [dict(row, **context) for row in rows])
 
 

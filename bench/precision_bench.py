@@ -1,17 +1,14 @@
 """bf16 engine vs an fp32 reference on a small model: how far apart are the log-probs?
 
-    python bench/precision_bench.py   ->  bench/results/precision_h200.json
+    python -m bench.precision_bench   ->  bench/results/precision_h200.json
 """
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, write_results  # noqa: E402
-from tokenweight.service.engine import ScoringEngine  # noqa: E402
+from bench.common import machine, write_results
+from tokenweight.service.engine import ScoringEngine
 
 SMALL = dict(hidden_size=512, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4,
              intermediate_size=2048, vocab_size=32000)
@@ -36,7 +33,7 @@ def main():
         delta = np.concatenate([np.abs(getattr(a, name) - getattr(b, name)) for a, b in zip(got, want)])
         row[f"{name}_mean_abs_diff"] = float(delta.mean())
         row[f"{name}_max_abs_diff"] = float(delta.max())
-    row.update(machine(), command="python bench/precision_bench.py")
+    row.update(machine(), command="python -m bench.precision_bench")
     print(row)
     write_results("precision_h200.json", [row])
 

@@ -1,13 +1,12 @@
 """The service end to end on the GPU: gRPC throughput against the engine alone, and many
 short requests with dynamic batching against batching turned off.
 
-    python bench/service_bench.py   ->  bench/results/service_h200.json
+    python -m bench.service_bench   ->  bench/results/service_h200.json
 
 Starts real `tokenweight serve` processes on loopback; clients are threads of this process
 using the project's ScorerClient.
 """
 
-import sys
 import tempfile
 import threading
 import time
@@ -16,10 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import build_model, machine, serve, write_results  # noqa: E402
-from tokenweight.client import ScorerClient  # noqa: E402
-from tokenweight.service.engine import ScoringEngine  # noqa: E402
+from bench.common import build_model, machine, serve, write_results
+from tokenweight.client import ScorerClient
+from tokenweight.service.engine import ScoringEngine
 
 
 def concurrent_throughput(url, requests: list[list[np.ndarray]], clients: int) -> float:
@@ -86,7 +84,7 @@ def main():
                      requests=len(short_reqs), batched_tokens_per_s=batched,
                      one_request_per_batch_tokens_per_s=one_at_a_time, ratio=batched / one_at_a_time))
     print(rows[-1], flush=True)
-    context = dict(machine(), command="python bench/service_bench.py")
+    context = dict(machine(), command="python -m bench.service_bench")
     write_results("service_h200.json", [dict(r, **context) for r in rows])
 
 

@@ -3,7 +3,7 @@
 A small scorer (`tokenweight serve`) and a larger trainee (`torchrun -m tokenweight.trainer`,
 `--score-source service`) share one GPU; the trainer's metrics log each step's wait.
 
-    python bench/trainer_wait_bench.py   ->  bench/results/trainer_wait_h200.json
+    python -m bench.trainer_wait_bench   ->  bench/results/trainer_wait_h200.json
 """
 
 import argparse
@@ -12,8 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from bench.common import (
     child_env,
     machine,
     save_llama,
@@ -23,7 +22,7 @@ from common import (  # noqa: E402
     write_results,
     write_tokens,
 )
-from tokenweight.trainer.metrics_log import read_metrics  # noqa: E402
+from tokenweight.trainer.metrics_log import read_metrics
 
 
 def main():
@@ -51,7 +50,7 @@ def main():
     row = dict(bench="trainer_scorer_wait", scorer="llama d512x4 (vocab 32000)",
                trainee="llama-3.2-1b body (vocab 32000)", seq_len=args.seq_len, window=window,
                **steady_summary(records),
-               command="python bench/trainer_wait_bench.py " + " ".join(sys.argv[1:]))
+               command="python -m bench.trainer_wait_bench " + " ".join(sys.argv[1:]))
     print(row)
     if not args.tiny:
         write_results("trainer_wait_h200.json", [dict(row, **machine())])

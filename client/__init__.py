@@ -14,10 +14,7 @@ from .grpc_client import ScorerClient
 from .http_client import HttpScorerClient, HttpTokenScores
 from .prefetch import BatchScoringError, Prefetcher, PrefetchStats
 from .retry import NO_RETRY, RetryEvent, RetryPolicy
-from .scorer_info import ScorerInfo
 from .urls import Endpoint, parse_url, parse_urls
-from .wire import ScoreResult
-from .wire import Scores as TokenScores
 
 __all__ = [
     "AsyncScorerClient",
@@ -30,11 +27,8 @@ __all__ = [
     "Prefetcher",
     "RetryEvent",
     "RetryPolicy",
-    "ScoreResult",
     "ScorerClient",
     "ScorerError",
-    "ScorerInfo",
-    "TokenScores",
     "parse_url",
     "parse_urls",
 ]

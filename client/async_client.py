@@ -9,15 +9,14 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 import grpc
 import grpc.aio
 
+from tokenweight import wire
 from tokenweight.v1 import scorer_pb2
 
-from . import wire
 from .channels import ChannelClient
 from .errors import ScorerError
 from .pipeline import Pipeline
 from .score_request import make_request
 from .retry import RetryState
-from .scorer_info import ScorerInfo
 
 _END = object()
 
@@ -42,9 +41,9 @@ class AsyncScorerClient(ChannelClient):
         )
         return wire.parse_response(await self._call("Score", request, timeout), outputs)
 
-    async def list_scorers(self, timeout: float | None = None) -> list[ScorerInfo]:
+    async def list_scorers(self, timeout: float | None = None) -> list[wire.ScorerInfo]:
         response = await self._call("ListScorers", scorer_pb2.ListScorersRequest(), timeout)
-        return [ScorerInfo.from_message(info) for info in response.scorers]
+        return [wire.ScorerInfo.from_message(info) for info in response.scorers]
 
     async def score_many(
         self,

@@ -1,15 +1,17 @@
-"""gRPC channels to a scorer: TLS, bearer token, message sizes, reconnect backoff.
+"""gRPC channels to a scorer: TLS, bearer token, message sizes, reconnect backoff, and
+gRPC's own load balancing for `dns:`/`ipv4:`/`ipv6:` targets.
 
 Shared by the sync (`grpc`) and async (`grpc.aio`) clients, whose channel constructors take
 the same arguments.
 """
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
 
-from tokenweight.v1 import scorer_pb2_grpc
+from tokenweight.v1 import scorer_pb2, scorer_pb2_grpc
 
 from .endpoints import EndpointPool, Member
 from .errors import ScorerError
@@ -30,6 +32,24 @@ _RECONNECT_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+# A resolver target's channel keeps a subchannel to every address the resolver returns and
+# sends each call to the next READY one (`round_robin`). Client-side health checking makes a
+# subchannel READY only while the replica's grpc.health.v1 Watch says SERVING for the Scorer
+# service, so a replica still loading its model, or draining on SIGTERM, gets no calls.
+BALANCED_SERVICE_CONFIG = json.dumps(
+    {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "healthCheckConfig": {
+            "serviceName": scorer_pb2.DESCRIPTOR.services_by_name["Scorer"].full_name
+        },
+    }
+)
+_BALANCED_OPTIONS = [
+    ("grpc.service_config", BALANCED_SERVICE_CONFIG),
+    # A DNS TXT record may carry its own service config; ours is the one the client relies on.
+    ("grpc.service_config_disable_resolution", 1),
 ]
 
 
@@ -58,12 +78,18 @@ def open_channel(
     """A channel from `grpc_module` (`grpc` or `grpc.aio`) to one endpoint."""
     if not endpoint.is_grpc:
         raise ValueError(f"{endpoint} is not a gRPC URL; use grpc:// or grpcs://")
+    if endpoint.balanced and (root_certificates or tls_server_name):
+        raise ValueError(
+            f"TLS options given for {endpoint}: load-balanced targets are plaintext; list the "
+            "replicas as grpcs://HOST:PORT,grpcs://HOST2:PORT for TLS"
+        )
     if not endpoint.secure and (root_certificates or tls_server_name):
         raise ValueError(f"TLS options given for plaintext {endpoint}; use grpcs://")
     opts = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
         *_RECONNECT_OPTIONS,
+        *(_BALANCED_OPTIONS if endpoint.balanced else []),
     ]
     if tls_server_name:
         # The name the server's certificate carries, when it differs from the host dialled.
@@ -85,7 +111,12 @@ def connect(
     channel_options: list[tuple] | None,
     endpoint_cooldown: float,
 ) -> tuple[list, EndpointPool]:
-    """Channels to every endpoint in `urls`, and the pool of Scorer stubs over them."""
+    """Channels to every endpoint in `urls`, and the pool of Scorer stubs over them.
+
+    A load-balanced target is one member of the pool: gRPC spreads its calls over the
+    replicas, and a call that failed on a replica that went away is retried on the same
+    channel, which sends it to a replica that is still READY.
+    """
     pem = load_pem(root_certificates)
     channels, members = [], []
     for endpoint in parse_urls(urls):

@@ -2,21 +2,7 @@
 
 import grpc
 
-# How the HTTP front end spells gRPC statuses (DESIGN §4), for one error type across both.
-_HTTP_CODES = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    404: grpc.StatusCode.NOT_FOUND,
-    413: grpc.StatusCode.INVALID_ARGUMENT,
-    422: grpc.StatusCode.INVALID_ARGUMENT,
-    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    500: grpc.StatusCode.INTERNAL,
-    # A proxy in front of a restarting server answers 502; the server itself 503 when draining.
-    502: grpc.StatusCode.UNAVAILABLE,
-    503: grpc.StatusCode.UNAVAILABLE,
-    504: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
+from tokenweight.status import grpc_code
 
 
 class ScorerError(Exception):
@@ -47,7 +33,7 @@ class ScorerError(Exception):
 
     @classmethod
     def from_http(cls, status: int, message: str, endpoint: str = "") -> "ScorerError":
-        code = _HTTP_CODES.get(status, grpc.StatusCode.UNKNOWN)
+        code = grpc_code(status)
         return cls(code, message, endpoint=endpoint, http_status=status)
 
     def __str__(self) -> str:

@@ -6,15 +6,14 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import grpc
 
+from tokenweight import wire
 from tokenweight.v1 import scorer_pb2
 
-from . import wire
 from .channels import ChannelClient
 from .errors import ScorerError
 from .pipeline import Pipeline
 from .score_request import make_request
 from .retry import RetryState
-from .scorer_info import ScorerInfo
 
 _END = object()
 
@@ -23,7 +22,8 @@ class ScorerClient(ChannelClient):
     """Scores token sequences on one or more `grpc://` / `grpcs://` endpoints.
 
     `urls`: one URL, a comma-separated string, or a list; calls go round-robin and fail over
-    from an endpoint that answers UNAVAILABLE (it is skipped for `endpoint_cooldown` s).
+    from an endpoint that answers UNAVAILABLE (it is skipped for `endpoint_cooldown` s). A
+    `dns:///NAME:PORT` or `ipv4:A:P,B:P` target is balanced by gRPC itself (urls.py).
     `timeout`: default per-attempt deadline in seconds (None: none). `retry`: see
     `RetryPolicy`. `token`: sent as `authorization: Bearer ...`. `root_certificates`: PEM
     bytes or a file path for grpcs:// (default: the system's roots); `tls_server_name`: the
@@ -50,9 +50,9 @@ class ScorerClient(ChannelClient):
         )
         return wire.parse_response(self._call("Score", request, timeout), outputs)
 
-    def list_scorers(self, timeout: float | None = None) -> list[ScorerInfo]:
+    def list_scorers(self, timeout: float | None = None) -> list[wire.ScorerInfo]:
         response = self._call("ListScorers", scorer_pb2.ListScorersRequest(), timeout)
-        return [ScorerInfo.from_message(info) for info in response.scorers]
+        return [wire.ScorerInfo.from_message(info) for info in response.scorers]
 
     def score_many(
         self,

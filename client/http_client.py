@@ -1,4 +1,4 @@
-"""`HttpScorerClient`: the HTTP API (DESIGN §4) for ad-hoc use, in JSON or msgpack.
+"""`HttpScorerClient`: the HTTP API (docs/DESIGN.md §4) for ad-hoc use, in JSON or msgpack.
 
 The gRPC clients are the ones for training traffic; this one also scores raw text, which the
 server tokenizes with the scorer's own tokenizer.
@@ -15,10 +15,10 @@ import httpx
 import msgpack
 import numpy as np
 
-from . import wire
+from tokenweight import wire
+
 from .errors import ScorerError
 from .retry import RetryPolicy, RetryState
-from .scorer_info import ScorerInfo
 from .urls import parse_url
 
 MEDIA_TYPES = {"json": "application/json", "msgpack": "application/msgpack"}
@@ -104,9 +104,9 @@ class HttpScorerClient:
             results=[_token_scores(item) for item in data["results"]],
         )
 
-    def list_scorers(self, timeout: float | None = None) -> list[ScorerInfo]:
+    def list_scorers(self, timeout: float | None = None) -> list[wire.ScorerInfo]:
         data = self._request("GET", "/v1/scorers", None, timeout)
-        return [ScorerInfo.from_dict(info) for info in data["scorers"]]
+        return [wire.ScorerInfo.from_dict(info) for info in data["scorers"]]
 
     def _request(self, method: str, path: str, body: dict | None, timeout: float | None) -> dict:
         content, headers = None, {}

@@ -15,10 +15,11 @@ from collections.abc import Iterator
 
 import grpc
 
+from tokenweight import wire
 from tokenweight.v1 import scorer_pb2
 
-from . import wire
 from .errors import ScorerError
+from .retry import is_retryable
 
 
 class Pipeline:
@@ -69,7 +70,7 @@ class Pipeline:
                 endpoint=self.endpoint,
             )
             error.__cause__ = exc
-            if exc.code not in self._retry_on:
+            if not is_retryable(exc, self._retry_on):
                 self._answered[index] = error
                 return
             self._unanswered[response.request_id] = entry  # to be sent again

@@ -6,7 +6,9 @@ RESOURCE_EXHAUSTED (its queue is full: back off) and DEADLINE_EXCEEDED. The clie
 `timeout` is per attempt, so a deadline that expires usually means a stuck or black-holed
 endpoint, which the next attempt (on the next endpoint) gets around; the policy's
 `max_attempts` / `max_elapsed` bound the whole call. Never retried: INVALID_ARGUMENT,
-NOT_FOUND, UNAUTHENTICATED and every other code, since the same request would fail again.
+NOT_FOUND, UNAUTHENTICATED and every other code, since the same request would fail again;
+nor RESOURCE_EXHAUSTED that gRPC itself raises for a message over a size limit (on either
+side): it names the size in its details, and the same message would be too large again.
 
 gRPC's built-in retry (service config) is not used: it caps attempts at 5, cannot fail over
 between channels, and gives the caller no hook to log an outage.
@@ -14,6 +16,7 @@ between channels, and gives the caller no hook to log an outage.
 
 import logging
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +34,21 @@ DEFAULT_RETRY_CODES = frozenset(
         grpc.StatusCode.DEADLINE_EXCEEDED,
     }
 )
+
+
+# gRPC core's details for a message over max_receive/max_send_message_length, e.g.
+# "Received message larger than max (4194405 vs. 4194304)".
+_MESSAGE_TOO_LARGE = re.compile(r"(Received|Sent) message larger than max")
+
+
+def is_retryable(error: ScorerError, retry_on: frozenset) -> bool:
+    """Whether repeating the call could succeed: a code in `retry_on`, unless it is gRPC's
+    RESOURCE_EXHAUSTED for a message too large (no back-off makes it smaller)."""
+    if error.code not in retry_on:
+        return False
+    return not (
+        error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and _MESSAGE_TOO_LARGE.search(error.message)
+    )
 
 
 @dataclass(frozen=True)
@@ -118,7 +136,7 @@ class RetryState:
         policy = self.policy
         self.attempts += 1
         error.attempts = self.attempts
-        if error.code not in policy.retry_on:
+        if not is_retryable(error, policy.retry_on):
             return None
         if policy.max_attempts is not None and self.attempts >= policy.max_attempts:
             return None

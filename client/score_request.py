@@ -6,9 +6,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from tokenweight import wire
 from tokenweight.v1 import scorer_pb2
-
-from . import wire
 
 
 class RequestIds:

@@ -5,11 +5,11 @@ checkable: every user-supplied or model-produced string goes through `html.escap
 """
 
 from html import escape
-from importlib import resources
 from string import Template
 
-_TEMPLATE = Template(resources.files(__package__).joinpath("static/analysis.html").read_text())
-BINS = 20
+from .heatmap import PAGE_HTML, histogram, token_span
+
+_TEMPLATE = Template(PAGE_HTML)
 
 
 def render(scorers: list[str], form: dict, result: dict | None, error: str | None, ask_token: bool) -> str:
@@ -40,18 +40,14 @@ def _result(result: dict) -> str:
     for i, token in enumerate(item["tokens"] or [str(t) for t in item["token_ids"]]):
         if i == 0:
             tip = f"token 0 (id {item['token_ids'][0]}): no prediction, it starts the sequence"
-            spans.append(f'<span class="tok first" data-tip="{escape(tip)}">{escape(token)}</span>')
+            spans.append(token_span(token, tip, first=True))
             continue
         s, long, short = scores[i - 1], item["logp_long"][i - 1], item["logp_short"][i - 1]
         tip = (
             f"token {i} (id {item['token_ids'][i]})\nscore      {s:.4f}\n"
             f"logp_long  {long:.4f}\nlogp_short {short:.4f}"
         )
-        alpha = min(1.0, s / top)
-        spans.append(
-            f'<span class="tok" style="background: rgba(230, 80, 0, {alpha:.3f})" '
-            f'data-tip="{escape(tip)}">{escape(token)}</span>'
-        )
+        spans.append(token_span(token, tip, min(1.0, s / top)))
     mean = sum(scores) / len(scores) if scores else 0.0
     meta = (
         f"scorer {escape(result['scorer'])} · window {result['window']} · stride {result['stride']} · "
@@ -60,29 +56,5 @@ def _result(result: dict) -> str:
     )
     return (
         f'<h2>Tokens</h2><p class="meta">{meta}</p><div class="tokens">{"".join(spans)}</div>'
-        f"<h2>Score histogram</h2>{_histogram(scores)}"
-    )
-
-
-def _histogram(scores: list[float], width: int = 640, height: int = 160) -> str:
-    if not scores:
-        return '<p class="meta">No targets: the text has fewer than two tokens.</p>'
-    top = max(scores) or 1.0
-    counts = [0] * BINS
-    for s in scores:
-        counts[min(BINS - 1, int(s / top * BINS))] += 1
-    most = max(counts)
-    bar = width / BINS
-    bars = []
-    for b, count in enumerate(counts):
-        h = (height - 20) * count / most
-        lo, hi = top * b / BINS, top * (b + 1) / BINS
-        bars.append(
-            f'<rect x="{b * bar:.1f}" y="{height - 20 - h:.1f}" width="{bar - 2:.1f}" height="{h:.1f}" '
-            f'fill="#e65000"><title>{lo:.3f}–{hi:.3f}: {count} tokens</title></rect>'
-        )
-    return (
-        f'<svg width="{width}" height="{height}" role="img" aria-label="histogram of scores">'
-        f'{"".join(bars)}<text x="0" y="{height - 4}">0</text>'
-        f'<text x="{width - 60}" y="{height - 4}">{top:.3f}</text></svg>'
+        f"<h2>Score histogram</h2>{histogram(scores)}"
     )

@@ -1,40 +1,81 @@
-"""Dynamic batching between the front ends and one scorer's engine.
+"""Dynamic batching between the front ends and one scorer's engine, fair between clients.
 
-Requests wait in a bounded queue; a loop on the event loop takes the oldest and coalesces
-whatever else arrives within `max_wait` (measured from the oldest request's arrival, so a
-request that already waited behind a running batch waits no longer), up to `batch_tokens`,
-into one `engine.run`. That call runs on the engine thread, so the event loop never blocks
-on the model. Requests whose caller gave up (cancelled, deadline passed) are dropped before
-they reach the engine. A full queue refuses at once: back-pressure, not unbounded memory.
+A request is split into units of at most `batch_tokens` tokens (whole sequences), each one
+engine call's worth, and queued under its client (a connection: a gRPC peer, an HTTP
+client address). A loop on the event loop waits for the oldest unit's `max_wait` (so a
+request that already waited behind a running batch waits no longer) or until `batch_tokens`
+are queued, then builds one `engine.run` from the clients' queues in turn, round-robin: a
+client that sent 4,096 sequences at once holds the engine for one unit at a time, and a
+client that arrives after it waits for at most one of its units.
 
-Callers submit only requests that already passed `engine.check`.
+Admission counts the work a request will cost (forward tokens, see `ScoringEngine.
+forward_tokens`) and requests: past `queue_tokens` / `queue_size` in all, or past a client's
+`client_share` of them, a request is refused at once (back-pressure, not unbounded memory,
+and no single client can take the whole queue). A client with nothing queued always gets
+one request in if the queue has room, and an empty queue takes any request.
+
+A request whose caller gave up (cancelled, deadline passed, disconnected) leaves the queue at
+once, and the engine skips its remaining forward calls, so the next caller does not wait
+for abandoned work. The engine call runs on the engine thread, so the event loop never
+blocks on the model. Callers submit only requests that already passed `engine.check`.
 """
 
 import asyncio
 import logging
+import threading
 from collections import deque
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from .engine import Outputs, ScoreJob, ScoringEngine, SequenceScores
+from tokenweight.wire import Scores
+
+from .engine import Outputs, ScoreJob, ScoringEngine
 from .errors import DeadlineExceeded, QueueFull, ServiceError, Unavailable
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class _Pending:
-    sequences: list[np.ndarray]
+@dataclass(frozen=True)
+class QueueLimits:
+    requests: int  # requests waiting per scorer
+    work: int  # forward tokens waiting per scorer
+    client_share: float  # fraction of each limit one client may hold
+
+
+@dataclass(eq=False)
+class _Request:
+    client: str
     window: int
     stride: int
     outputs: Outputs
-    tokens: int
     enqueued: float
     future: asyncio.Future
+    results: list
+    units_left: int = 0  # units not yet scored
+    units_queued: int = 0
+    started: bool = False
+    # Set once the caller has its answer or gave up; read by the engine thread.
+    finished: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(eq=False)
+class _Unit:
+    request: _Request
+    start: int  # index of its first sequence in the request
+    sequences: list[np.ndarray]
+    tokens: int
+    work: int
+
+
+class _ClientUsage:
+    __slots__ = ("requests", "work")
+
+    def __init__(self):
+        self.requests = self.work = 0
 
 
 class Batcher:
@@ -47,13 +88,17 @@ class Batcher:
         *,
         batch_tokens: int,
         max_wait: float,
-        queue_size: int,
+        limits: QueueLimits,
     ):
         self.name, self.engine, self._executor = name, engine, executor
-        self.batch_tokens, self.max_wait, self.queue_size = batch_tokens, max_wait, queue_size
+        self.batch_tokens, self.max_wait, self.limits = batch_tokens, max_wait, limits
         self._metrics = metrics
-        self._pending: deque[_Pending] = deque()
+        # Insertion order is the round-robin order: a client that was served moves last.
+        self._queues: dict[str, deque[_Unit]] = {}
+        self._usage: dict[str, _ClientUsage] = {}
+        self._total = _ClientUsage()
         self._queued_tokens = 0
+        self._running: set[_Request] = set()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
 
@@ -61,14 +106,17 @@ class Batcher:
         self._task = asyncio.create_task(self._loop(), name=f"batcher-{self.name}")
 
     async def close(self) -> None:
-        """Stop the loop; anything still queued fails as UNAVAILABLE."""
+        """Stop the loop; everything queued or running fails as UNAVAILABLE, and the engine
+        skips the rest of the batch in progress."""
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        while self._pending:
-            pending = self._pop()
-            if not pending.future.done():
-                pending.future.set_exception(Unavailable("the server is shutting down"))
+        requests = {unit.request for queue in self._queues.values() for unit in queue}
+        for request in requests | self._running:
+            _resolve(
+                request,
+                exc=Unavailable("the server is shutting down; retry against another replica"),
+            )
 
     async def score(
         self,
@@ -77,45 +125,125 @@ class Batcher:
         stride: int,
         outputs: Outputs,
         timeout: float | None = None,
-    ) -> list[SequenceScores]:
-        if len(self._pending) >= self.queue_size:
-            raise QueueFull(
-                f"scorer {self.name!r} has {len(self._pending)} requests queued, its limit; "
-                "back off and retry"
-            )
+        client: str = "",
+    ) -> list[Scores]:
         loop = asyncio.get_running_loop()
-        pending = _Pending(
-            sequences, window, stride, outputs, sum(s.size for s in sequences), loop.time(),
+        request = _Request(
+            client,
+            window,
+            stride,
+            outputs,
+            loop.time(),
             loop.create_future(),
+            [None] * len(sequences),
         )
-        self._pending.append(pending)
-        self._queued_tokens += pending.tokens
-        self._metrics.queue_depth.labels(self.name).set(len(self._pending))
+        units = self._split(request, sequences)
+        self._admit(client, sum(u.work for u in units))
+        queue = self._queues.setdefault(client, deque())
+        queue.extend(units)
+        request.units_left = request.units_queued = len(units)
+        self._queued_tokens += sum(u.tokens for u in units)
+        self._charge(client, 1, sum(u.work for u in units))
+        self._metrics.queue_depth.labels(self.name).set(self._total.requests)
+        request.future.add_done_callback(lambda _: self._abandon(request))
         self._wakeup.set()
-        # Cancelling the caller (or the timeout) cancels the future, which is what the loop
-        # checks to drop the request before it reaches the engine.
+        # Cancelling the caller (or the timeout) cancels the future, which takes the request
+        # out of the queue and tells the engine to skip what is left of it.
         try:
-            return await asyncio.wait_for(pending.future, timeout)
+            return await asyncio.wait_for(request.future, timeout)
         except TimeoutError:
             raise DeadlineExceeded(
                 f"the deadline passed after {timeout:.3f}s while the request waited for "
                 "scoring; allow a longer deadline or send smaller requests"
             ) from None
 
-    def _pop(self) -> _Pending:
-        pending = self._pending.popleft()
-        self._queued_tokens -= pending.tokens
-        self._metrics.queue_depth.labels(self.name).set(len(self._pending))
-        return pending
+    def _split(self, request: _Request, sequences: list[np.ndarray]) -> list[_Unit]:
+        """Whole sequences, in order, in units of at most `batch_tokens` tokens (or one)."""
+        units, start = [], 0
+        while start < len(sequences):
+            end, tokens = start, 0
+            while end < len(sequences) and (
+                end == start or tokens + sequences[end].size <= self.batch_tokens
+            ):
+                tokens += sequences[end].size
+                end += 1
+            part = sequences[start:end]
+            work = self.engine.forward_tokens(
+                [s.size for s in part], request.window, request.stride, request.outputs
+            )
+            units.append(_Unit(request, start, part, tokens, work))
+            start = end
+        return units
+
+    def _admit(self, client: str, work: int) -> None:
+        limits, total = self.limits, self._total
+        # An empty queue takes any request the size limits allowed, so that a request larger
+        # than `queue_tokens` is not refused as busy forever.
+        over_work = total.requests and total.work + work > limits.work
+        if total.requests + 1 > limits.requests or over_work:
+            raise QueueFull(
+                f"scorer {self.name!r} has {total.requests} requests ({total.work} forward "
+                f"tokens) queued, its limit is {limits.requests} ({limits.work}); back off and retry"
+            )
+        usage = self._usage.get(client)
+        if usage is None:
+            return  # a client with nothing queued always gets one request in
+        max_requests = max(1, int(limits.requests * limits.client_share))
+        max_work = int(limits.work * limits.client_share)
+        if usage.requests + 1 > max_requests or usage.work + work > max_work:
+            raise QueueFull(
+                f"this client has {usage.requests} requests ({usage.work} forward tokens) "
+                f"queued on scorer {self.name!r}, its share is {max_requests} ({max_work}); "
+                "wait for answers before sending more, back off and retry"
+            )
+
+    def _charge(self, client: str, requests: int, work: int) -> None:
+        usage = self._usage.setdefault(client, _ClientUsage())
+        for u in (usage, self._total):
+            u.requests += requests
+            u.work += work
+        if not usage.requests and not usage.work:
+            del self._usage[client]
+
+    def _pop(self, client: str) -> _Unit:
+        """The client's next unit; the client moves to the back of the round-robin."""
+        queue = self._queues.pop(client)
+        unit = queue.popleft()
+        if queue:
+            self._queues[client] = queue
+        self._unqueued(unit)
+        return unit
+
+    def _unqueued(self, unit: _Unit) -> None:
+        request = unit.request
+        request.units_queued -= 1
+        self._queued_tokens -= unit.tokens
+        self._charge(request.client, 0 if request.units_queued else -1, -unit.work)
+        self._metrics.queue_depth.labels(self.name).set(self._total.requests)
+
+    def _abandon(self, request: _Request) -> None:
+        """The caller has its answer or gave up: drop its queued units, stop its engine work."""
+        request.finished.set()
+        self._running.discard(request)
+        if not request.units_queued:
+            return
+        queue = self._queues[request.client]
+        for unit in [u for u in queue if u.request is request]:
+            queue.remove(unit)
+            self._unqueued(unit)
+        if not queue:
+            del self._queues[request.client]
+        if not request.started:
+            self._metrics.dropped.labels(self.name).inc()
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            while not self._pending:
+            while not self._queues:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            oldest = self._pending[0].enqueued
-            while self._queued_tokens < self.batch_tokens:
+            oldest = min(queue[0].request.enqueued for queue in self._queues.values())
+            while self._queued_tokens < self.batch_tokens and self._queues:
                 remaining = oldest + self.max_wait - loop.time()
                 if remaining <= 0:
                     break
@@ -128,59 +256,77 @@ class Batcher:
             if batch:
                 await self._run(batch)
 
-    def _take_batch(self) -> list[_Pending]:
-        """The oldest live requests that fit the token budget (at least one)."""
+    def _take_batch(self) -> list[_Unit]:
+        """One unit from each client in turn while they fit the token budget (at least one)."""
         batch, tokens = [], 0
-        while self._pending:
-            head = self._pending[0]
-            if head.future.done():
-                self._pop()
-                self._metrics.dropped.labels(self.name).inc()
-                continue
+        while self._queues:
+            client = next(iter(self._queues))
+            head = self._queues[client][0]
             if batch and tokens + head.tokens > self.batch_tokens:
                 break
-            batch.append(self._pop())
+            batch.append(self._pop(client))
             tokens += head.tokens
         return batch
 
-    async def _run(self, batch: list[_Pending]) -> None:
+    async def _run(self, batch: list[_Unit]) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         metrics, name = self._metrics, self.name
-        for pending in batch:
-            metrics.queue_time.labels(name).observe(started - pending.enqueued)
-        tokens = sum(p.tokens for p in batch)
+        for unit in batch:
+            request = unit.request
+            if not request.started:
+                request.started = True
+                metrics.queue_time.labels(name).observe(started - request.enqueued)
+            self._running.add(request)
+        tokens = sum(u.tokens for u in batch)
         metrics.engine_batches.labels(name).inc()
-        metrics.batch_requests.labels(name).observe(len(batch))
+        metrics.batch_requests.labels(name).observe(len({id(u.request) for u in batch}))
         metrics.batch_tokens.labels(name).observe(tokens)
         try:
             results = await loop.run_in_executor(self._executor, self._score, batch)
         except Exception as exc:
             if len(batch) > 1:
-                # Run each request alone so a request that breaks the engine fails alone.
-                log.warning("engine batch of %d requests failed (%s); retrying one by one", len(batch), exc)
-                for pending in batch:
-                    await self._run([pending])
+                # Run each unit alone so a request that breaks the engine fails alone.
+                log.warning(
+                    "engine batch of %d units failed (%s); retrying one by one", len(batch), exc
+                )
+                for unit in batch:
+                    await self._run([unit])
                 return
             log.exception("scoring failed on scorer %r", name)
-            _resolve(batch[0].future, exc=ServiceError(f"scoring failed: {type(exc).__name__}: {exc}"))
+            self._running.discard(batch[0].request)
+            _resolve(
+                batch[0].request, exc=ServiceError(f"scoring failed: {type(exc).__name__}: {exc}")
+            )
             return
         metrics.tokens_scored.labels(name).inc(tokens)
-        for pending, result in zip(batch, results):
-            _resolve(pending.future, result=result)
+        for unit, scores in zip(batch, results):
+            request = unit.request
+            request.results[unit.start : unit.start + len(scores)] = scores
+            request.units_left -= 1
+            if not request.units_left:
+                self._running.discard(request)
+                _resolve(request, result=request.results)
 
-    def _score(self, batch: list[_Pending]) -> list[list[SequenceScores]]:
-        """On the engine thread: one engine call for every sequence of every request."""
+    def _score(self, batch: list[_Unit]) -> list[list[Scores]]:
+        """On the engine thread: one engine call for every sequence of every unit."""
         jobs = [
-            ScoreJob(torch.from_numpy(seq.astype(np.int64)), p.window, p.stride, p.outputs)
-            for p in batch
-            for seq in p.sequences
+            ScoreJob(
+                torch.from_numpy(seq.astype(np.int64)),
+                unit.request.window,
+                unit.request.stride,
+                unit.request.outputs,
+                abandoned=unit.request.finished.is_set,
+            )
+            for unit in batch
+            for seq in unit.sequences
         ]
         scores = iter(self.engine.run(jobs))
-        return [[next(scores) for _ in p.sequences] for p in batch]
+        return [[next(scores) for _ in unit.sequences] for unit in batch]
 
 
-def _resolve(future: asyncio.Future, result=None, exc: Exception | None = None) -> None:
+def _resolve(request: _Request, result=None, exc: Exception | None = None) -> None:
+    future = request.future
     if future.done():  # the caller gave up while the engine ran
         return
     if exc is not None:

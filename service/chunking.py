@@ -1,4 +1,4 @@
-"""The chunk plan of DESIGN §1: which forward passes score which targets.
+"""The chunk plan of docs/DESIGN.md §1.1: which forward passes score which targets.
 
 Every pass is an independent forward from position 0, so one plan serves any causal LM
 (rotary or learned absolute positions alike). A `Segment` is one such pass: the tokens it
@@ -42,11 +42,37 @@ def check_window(window: int, stride: int) -> None:
         )
 
 
+def share_whole_prefix(short, long, window: int) -> None:
+    """Targets t < window, whose short context is the whole prefix: when one model plays both
+    parts the short prediction is the long one, so `short` takes `long`'s values there (in
+    place, along the last axis) and the contrast is exactly 0."""
+    short[..., : window - 1] = long[..., : window - 1]
+
+
 def chunk_count(length: int, window: int, stride: int) -> int:
     """Short-context chunks for a sequence of `length` tokens: targets t >= window."""
     if length <= window:
         return 0
     return -(-(length - window) // stride)
+
+
+def forward_tokens(
+    length: int, window: int, stride: int, need_long: bool, need_short: bool, short_is_long: bool
+) -> int:
+    """Tokens fed to the model by `plan_sequence`'s segments, without building them: the
+    work a sequence costs, so a request can be bounded and queued by it before it runs."""
+    if length < 2:
+        return 0
+    total = length - 1 if need_long else 0
+    if not need_short:
+        return total
+    if not (need_long and short_is_long):
+        total += min(window, length) - 1
+    chunks = chunk_count(length, window, stride)
+    if chunks:
+        # Every chunk but the last feeds window-1 tokens; the last ends at x_{L-2}.
+        total += (chunks - 1) * (window - 1) + (length - 1 - chunks * stride)
+    return total
 
 
 def plan_sequence(

@@ -22,7 +22,7 @@ A TOML config file hosts several scorers in one process:
 """
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 try:
@@ -30,52 +30,184 @@ try:
 except ImportError:  # Python 3.10
     import tomli as tomllib
 
+from tokenweight.flags import flag
+
+from .auth import TOKEN_ENV
+
 
 class ConfigError(ValueError):
     pass
 
 
+# Flag groups of `tokenweight serve`.
+WHAT, NETWORK, LIMITS = "what to serve", "network", "batching and limits"
+
+
 @dataclass(frozen=True)
 class ScorerConfig:
-    name: str
-    model: str
-    short_model: str | None = None
-    window: int = 1024
-    stride: int | None = None
-    dtype: str | None = None
-    device: str | None = None
-    max_length: int | None = None
-    allow_pickle: bool = False
+    """One scorer: a [[scorers]] entry of the config file, or the flags of a single --model."""
+
+    name: str = flag(help="scorer name for --model (default: 'default')", group=WHAT)
+    model: str = flag(
+        help="local Hugging Face checkpoint directory (the long model; default: the bundled "
+        "code model, with its window)",
+        group=WHAT,
+    )
+    short_model: str | None = flag(
+        None, "separate short-context model (same tokenizer)", group=WHAT
+    )
+    window: int = flag(
+        1024,
+        "short-context window k (default 1024; the bundled model, served when no --model is "
+        "given, uses its own window 512)",
+        group=WHAT,
+    )
+    stride: int | None = flag(None, "stride s (default 3k/4)", group=WHAT)
+    dtype: str | None = flag(
+        None,
+        "default: bf16 on CUDA, fp32 on CPU",
+        group=WHAT,
+        choices=["float32", "bfloat16", "float16"],
+    )
+    device: str | None = flag(
+        None, "cpu, cuda or cuda:N (default: cuda if available)", group=WHAT
+    )
+    max_length: int | None = flag(
+        None,
+        "longest sequence accepted, at most the model's positions (default: those); 65536 or "
+        "131072 for 64k/128k contexts, with --window 8192 or 32768",
+        group=WHAT,
+    )
+    allow_pickle: bool = flag(
+        False, "allow pytorch_model.bin checkpoints (runs code from the file)", group=WHAT
+    )
     # Tokens per padded forward call inside the engine; None = the engine's default.
     token_budget: int | None = None
-    # Every pass in its own forward call: bit-identical scores whatever the batch company.
-    batch_invariant: bool = False
-    # Decoder layers compiled around eager attention (GPU speed-up; compiles at start-up).
-    compile_blocks: bool = False
+    batch_invariant: bool = flag(
+        False,
+        "run each pass in its own forward so scores never depend on what a request is "
+        "batched with (bit-identical; slower for short sequences)",
+        group=WHAT,
+    )
+    compile_blocks: bool = flag(
+        False,
+        "compile the decoder layers (norms, RoPE, MLP fused; attention stays cuDNN/SDPA): "
+        "faster on GPUs, same scores to bf16 rounding; compiles once at start-up",
+        group=WHAT,
+    )
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    host: str = "127.0.0.1"
-    grpc_port: int = 50051
-    http_port: int = 8000
-    http: bool = True
-    # Batcher: tokens coalesced into one engine call (None = the engine's token budget),
-    # how long a request may wait for company, and how many requests may wait per scorer.
-    batch_tokens: int | None = None
-    max_wait_ms: float = 5.0
-    queue_size: int = 256
+    """The [server] table of the config file and the network/limits flags (flags win)."""
+
+    host: str = flag(
+        "127.0.0.1", "address to bind (0.0.0.0 for all interfaces)", group=NETWORK
+    )
+    grpc_port: int = flag(50051, "gRPC port (0 = any free port)", group=NETWORK)
+    http_port: int = flag(8000, "HTTP port (0 = any free port)", group=NETWORK)
+    http: bool = flag(
+        True,
+        "serve gRPC only (default: HTTP too)",
+        group=NETWORK,
+        flag="--no-http",
+        action="store_false",
+    )
+    # Batcher: tokens coalesced into one engine call, how long a request may wait for
+    # company, and how many requests and forward tokens may wait per scorer.
+    batch_tokens: int | None = flag(
+        None, "tokens coalesced per engine call (default: the engine's token budget)", group=LIMITS
+    )
+    max_wait_ms: float = flag(
+        5.0, "longest a request waits for others to batch with", group=LIMITS
+    )
+    queue_size: int = flag(
+        256, "requests waiting per scorer before RESOURCE_EXHAUSTED", group=LIMITS
+    )
+    queue_tokens: int = flag(
+        1 << 24, "forward tokens waiting per scorer before RESOURCE_EXHAUSTED", group=LIMITS
+    )
+    # The fraction of the queue (requests and tokens) one client connection may hold, so a
+    # flooding client cannot lock the others out.
+    client_share: float = flag(
+        0.25, "fraction of the queue one client connection may hold", group=LIMITS
+    )
+    # Past this the server stops reading the stream until answers go out (flow control,
+    # not errors).
+    stream_inflight: int = flag(
+        64, "requests in flight per ScoreStream before the server stops reading it", group=LIMITS
+    )
     # Largest request accepted; gRPC message limits are sized from these.
-    max_request_tokens: int = 1 << 20
-    max_sequences: int = 4096
-    # In-memory score cache; 0 disables it.
-    cache_mb: float = 0.0
-    # Shared bearer token; None = no authentication.
-    auth_token: str | None = field(default=None, repr=False)
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    # Seconds SIGTERM/SIGINT wait for in-flight requests before the process exits.
-    grace_s: float = 30.0
+    max_request_tokens: int = flag(
+        1 << 20,
+        "tokens per request (eight 128k sequences); gRPC and HTTP message limits are sized from "
+        "it",
+        group=LIMITS,
+    )
+    max_sequences: int = flag(4096, "sequences per request", group=LIMITS)
+    # A small stride multiplies the short-context chunks, so this bounds the engine time one
+    # request takes. The default fits the largest request at the default stride (about 2.3
+    # forward tokens per token).
+    max_forward_tokens: int = flag(
+        1 << 22, "tokens the model may read for one request, chunks included", group=LIMITS
+    )
+    cache_mb: float = flag(0.0, "in-memory score cache size (0 = off)", group=LIMITS)
+    auth_token: str | None = flag(
+        None,
+        f"shared bearer token required on every request (default ${TOKEN_ENV})",
+        group=NETWORK,
+        repr=False,
+    )
+    tls_cert: str | None = flag(
+        None, "PEM certificate: serve gRPC and HTTP over TLS", group=NETWORK
+    )
+    tls_key: str | None = flag(None, "PEM private key for --tls-cert", group=NETWORK)
+    # HTTP connections: a request's headers must arrive within the header timeout of the
+    # connection (or the previous response), its body within the body timeout of the headers.
+    http_header_timeout_s: float = flag(
+        10.0,
+        "seconds a request's headers may take to arrive",
+        group=NETWORK,
+        flag="--http-header-timeout",
+    )
+    http_body_timeout_s: float = flag(
+        60.0,
+        "seconds a request's body may take after its headers",
+        group=NETWORK,
+        flag="--http-body-timeout",
+    )
+    http_keep_alive_s: float = flag(
+        5.0,
+        "seconds an idle kept-alive connection stays open",
+        group=NETWORK,
+        flag="--http-keep-alive",
+    )
+    http_max_connections: int = flag(
+        1024, "open HTTP connections before new ones get 503", group=NETWORK
+    )
+    # In all: draining in-flight requests, failing the rest as UNAVAILABLE (HTTP 503), and
+    # closing both front ends.
+    grace_s: float = flag(
+        30.0,
+        "seconds SIGTERM may take in all, draining included",
+        group=LIMITS,
+        flag="--grace",
+    )
+
+    def __post_init__(self):
+        # Limits that would refuse everything, or nothing, are mistakes worth a clear error.
+        if not 0 < self.client_share <= 1:
+            raise ConfigError(f"client_share must be in (0, 1], got {self.client_share}")
+        for name in _POSITIVE_LIMITS:
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+_POSITIVE_LIMITS = (
+    "queue_size", "queue_tokens", "stream_inflight", "max_request_tokens", "max_sequences",
+    "max_forward_tokens", "http_header_timeout_s", "http_body_timeout_s", "http_keep_alive_s",
+    "http_max_connections",
+)
 
 
 @dataclass(frozen=True)

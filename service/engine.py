@@ -1,13 +1,15 @@
 """The scoring engine: `logp_long`, `logp_short` and `score` for batches of sequences.
 
-`compute_logprobs` is the one implementation of DESIGN §1's scoring math; the service's
-`ScoringEngine` wraps it with input checks, defaults and a fingerprint, and the trainer's
-`self` source calls it with the live model. No web framework is imported here.
+`compute_logprobs` is the one implementation of the scoring math of docs/DESIGN.md §1.1;
+the service's `ScoringEngine` wraps it with input checks, defaults and a fingerprint, and the
+trainer's `self` source calls it with the live model. No web framework is imported here.
 """
 
+import bisect
 import dataclasses
 import functools
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,9 +17,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from tokenweight.wire import ScorerInfo, Scores
+
 from .blocks import compile_blocks
-from .chunking import LONG, SHORT, check_window, default_stride, plan_sequence
-from .loading import load_causal_lm, resolve_device, resolve_dtype
+from .chunking import (
+    LONG,
+    SHORT,
+    check_window,
+    default_stride,
+    forward_tokens,
+    plan_sequence,
+    share_whole_prefix,
+)
+from .loading import LoadedModel, load_causal_lm, resolve_device, resolve_dtype
 from .logprobs import ForwardOptions, run_segments
 
 # Bumped whenever the scoring math changes, so old fingerprints stop matching.
@@ -54,21 +66,15 @@ class ScoreJob:
     window: int
     stride: int
     outputs: Outputs = ALL_OUTPUTS
+    # True once nobody waits for the result: the engine skips the job's remaining forward
+    # calls (checked between calls) and its result is left undefined.
+    abandoned: Callable[[], bool] | None = None
 
 
 @dataclass
 class LogProbs:
     long: torch.Tensor | None  # fp32 [L-1] or None when not requested
     short: torch.Tensor | None
-
-
-@dataclass
-class SequenceScores:
-    """Target-aligned float32 arrays of L-1 values; None where not requested."""
-
-    score: np.ndarray | None
-    logp_long: np.ndarray | None
-    logp_short: np.ndarray | None
 
 
 @torch.inference_mode()
@@ -110,19 +116,20 @@ def compute_logprobs(
         short = torch.empty(targets) if job.outputs.need_short else None
         results.append(LogProbs(long, short))
 
+    def abandoned(seg) -> bool:
+        check = jobs[seg.sequence].abandoned
+        return check is not None and check()
+
     for model, segs in by_model.values():
-        for seg, logp in zip(segs, run_segments(model, segs, options)):
+        for seg, logp in zip(segs, run_segments(model, segs, options, abandoned)):
             result = results[seg.sequence]
             out = result.long if seg.role == LONG else result.short
             out[seg.out_offset : seg.out_offset + logp.numel()] = logp
 
     if short_is_long:
-        # t < window: the short context is the whole prefix, so the long pass already is
-        # the short prediction; copying makes the contrast exactly 0 there.
         for job, result in zip(jobs, results):
             if result.long is not None and result.short is not None:
-                head = min(job.window, job.tokens.numel()) - 1
-                result.short[:head] = result.long[:head]
+                share_whole_prefix(result.short, result.long, job.window)
     return results
 
 
@@ -235,6 +242,14 @@ class ScoringEngine:
         torch_dtype = resolve_dtype(dtype, dev)
         long = load_causal_lm(path, dev, torch_dtype, allow_pickle)
         short = load_causal_lm(short_path, dev, torch_dtype, allow_pickle) if short_path else None
+        return cls.from_loaded(long, short, **settings)
+
+    @classmethod
+    def from_loaded(
+        cls, long: LoadedModel, short: LoadedModel | None = None, **settings
+    ) -> "ScoringEngine":
+        """The engine over checkpoints already loaded (their paths and digests included);
+        `from_pretrained`, the service's scorers and the evals all build it here."""
         return cls(
             long.model,
             short.model if short else None,
@@ -311,7 +326,38 @@ class ScoringEngine:
                         f"but it has {self.short_max_positions} positions; use a smaller window"
                     )
 
-    def run(self, jobs: list[ScoreJob]) -> list[SequenceScores]:
+    def forward_tokens(self, lengths: list[int], window: int, stride: int, outputs: Outputs) -> int:
+        """Tokens the model reads to score sequences of these lengths: the work they cost."""
+        short_is_long = self.short_model is None
+        need_long, need_short = outputs.need_long, outputs.need_short
+        return sum(
+            forward_tokens(n, window, stride, need_long, need_short, short_is_long) for n in lengths
+        )
+
+    def check_work(
+        self, sequences: list[np.ndarray], window: int, stride: int, outputs: Outputs, limit: int
+    ) -> int:
+        """The request's forward tokens; ScoringInputError if over `limit`, naming the
+        smallest stride that fits (a small stride multiplies the short-context passes)."""
+        lengths = [seq.size for seq in sequences]
+        work = self.forward_tokens(lengths, window, stride, outputs)
+        if work <= limit:
+            return work
+        strides = range(stride, window)
+        fits = bisect.bisect_left(
+            strides, True, key=lambda s: self.forward_tokens(lengths, window, s, outputs) <= limit
+        )
+        advice = (
+            f"use stride >= {strides[fits]} (window {window}) or split the request"
+            if fits < len(strides)
+            else "split the request"
+        )
+        raise ScoringInputError(
+            f"the request needs {work} forward tokens at window {window}, stride {stride}; this "
+            f"server runs at most {limit} per request: {advice}"
+        )
+
+    def run(self, jobs: list[ScoreJob]) -> list[Scores]:
         """Score jobs that already passed `check` (the batcher's entry point)."""
         logprobs = compute_logprobs(
             self.long_model, self.short_model, jobs, self.bos_token_id, self.options
@@ -324,26 +370,26 @@ class ScoringEngine:
         window: int | None = None,
         stride: int | None = None,
         outputs: Outputs = ALL_OUTPUTS,
-    ) -> list[SequenceScores]:
+    ) -> list[Scores]:
         arrays = [np.asarray(seq) for seq in sequences]
         arrays = [a.astype(np.int64) if a.size == 0 else a for a in arrays]
         k, s = self.resolve(window, stride)
         self.check(arrays, k, s)
         return self.run([ScoreJob(torch.as_tensor(a, dtype=torch.long), k, s, outputs) for a in arrays])
 
-    def info(self) -> dict:
-        return {
-            "name": self.name,
-            "long_model": self.long_path,
-            "short_model": self.short_path,
-            "default_window": self.window,
-            "default_stride": self.stride,
-            "max_sequence_length": self.max_length,
-            "vocab_size": self.vocab_size,
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "device": str(self.device),
-            "fingerprint": self.fingerprint(),
-        }
+    def info(self) -> ScorerInfo:
+        return ScorerInfo(
+            name=self.name,
+            long_model=self.long_path,
+            short_model=self.short_path,
+            default_window=self.window,
+            default_stride=self.stride,
+            max_sequence_length=self.max_length,
+            vocab_size=self.vocab_size,
+            dtype=str(self.dtype).removeprefix("torch."),
+            device=str(self.device),
+            fingerprint=self.fingerprint(),
+        )
 
 
 def _check_pair(long_model: nn.Module, short_model: nn.Module) -> None:
@@ -356,11 +402,11 @@ def _check_pair(long_model: nn.Module, short_model: nn.Module) -> None:
         )
 
 
-def _to_scores(outputs: Outputs, logprobs: LogProbs) -> SequenceScores:
+def _to_scores(outputs: Outputs, logprobs: LogProbs) -> Scores:
     long = logprobs.long.numpy() if logprobs.long is not None else None
     short = logprobs.short.numpy() if logprobs.short is not None else None
     score = np.abs(short - long) if outputs.score else None
-    return SequenceScores(
+    return Scores(
         score=score,
         logp_long=long if outputs.logp_long else None,
         logp_short=short if outputs.logp_short else None,

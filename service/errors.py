@@ -1,7 +1,7 @@
 """Errors a request can end with, independent of the protocol that carries them.
 
-Each names its gRPC status; the HTTP layer maps the same names to HTTP statuses, so both
-front ends answer the same failure the same way.
+Each names its gRPC status; the HTTP layer maps the same names to HTTP statuses through
+`tokenweight.status`, so both front ends answer the same failure the same way.
 """
 
 
@@ -23,6 +23,10 @@ class NotFound(ServiceError):
     status = "NOT_FOUND"
 
 
+class AlreadyExists(ServiceError):
+    status = "ALREADY_EXISTS"
+
+
 class QueueFull(ServiceError):
     status = "RESOURCE_EXHAUSTED"
 
@@ -37,14 +41,3 @@ class DeadlineExceeded(ServiceError):
 
 class Unauthenticated(ServiceError):
     status = "UNAUTHENTICATED"
-
-
-HTTP_STATUS = {
-    "INVALID_ARGUMENT": 400,
-    "UNAUTHENTICATED": 401,
-    "NOT_FOUND": 404,
-    "RESOURCE_EXHAUSTED": 429,
-    "UNAVAILABLE": 503,
-    "DEADLINE_EXCEEDED": 504,
-    "INTERNAL": 500,
-}

@@ -1,39 +1,40 @@
 """The gRPC front end: `tokenweight.v1.Scorer`, standard health and server reflection.
 
-The servicer is a thin translation between protobuf messages and the scoring core; auth and
-metrics are interceptors.
+The servicer is a thin translation between protobuf messages and the scoring core; auth,
+metrics and the catch-all for unexpected failures are interceptors.
 """
 
 import asyncio
-import inspect
 import logging
-import time
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from tokenweight.client import wire
+from tokenweight import wire
 from tokenweight.v1 import scorer_pb2, scorer_pb2_grpc
 
 from .auth import BearerToken, GrpcAuthInterceptor
 from .config import ServerConfig
 from .engine import Outputs
-from .errors import InvalidArgument, ServiceError
+from .errors import AlreadyExists, InvalidArgument, ServiceError
+from .grpc_interceptors import SERVICE_NAME, GrpcInternalErrorInterceptor, GrpcMetricsInterceptor
+from .grpc_messages import MalformedRequest, decode_request
 from .metrics import Metrics
 from .scoring import ScoringService
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = scorer_pb2.DESCRIPTOR.services_by_name["Scorer"].full_name
-
 
 class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
-    def __init__(self, service: ScoringService):
+    def __init__(self, service: ScoringService, stream_inflight: int):
         self._service = service
+        self._stream_inflight = stream_inflight
 
-    async def _score(self, request: scorer_pb2.ScoreRequest, timeout: float | None):
+    async def _score(self, request, context):
+        if isinstance(request, MalformedRequest):
+            raise InvalidArgument(request.message)
         try:
             sequences = wire.request_sequences(request)
         except wire.WireFormatError as exc:
@@ -44,7 +45,9 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             request.window,
             request.stride,
             Outputs(*wire.requested_outputs(request)),
-            timeout,
+            context.time_remaining(),
+            # One share of the queue per connection (see Batcher).
+            client=context.peer(),
         )
         return wire.build_response(
             request.request_id, scored.scorer, scored.fingerprint, scored.window,
@@ -53,34 +56,49 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
 
     async def Score(self, request, context):
         try:
-            return await self._score(request, context.time_remaining())
+            return await self._score(request, context)
         except ServiceError as exc:
             await context.abort(grpc.StatusCode[exc.status], exc.message)
 
     async def ScoreStream(self, request_iterator, context):
         """Every request is scored as soon as it arrives; responses go out as they finish.
 
-        A failed request gets a response carrying `error`; the stream and the other requests
-        on it go on.
+        A failed request (malformed bytes included) gets a response carrying `error`; the
+        stream and the other requests on it go on. At most `stream_inflight` requests are
+        in flight: past that the stream is not read until a response has gone out, so a
+        client that floods one stream is held back by flow control.
         """
         responses: asyncio.Queue = asyncio.Queue()
+        slots = asyncio.Semaphore(self._stream_inflight)
+        in_flight: set[str] = set()
 
         async def one(request):
+            request_id = request.request_id
             try:
-                response = await self._score(request, context.time_remaining())
+                if request_id and request_id in in_flight:
+                    raise AlreadyExists(
+                        f"request_id {request_id!r} is already in flight on this stream; give "
+                        "each request on a stream its own id"
+                    )
+                in_flight.add(request_id)
+                try:
+                    response = await self._score(request, context)
+                finally:
+                    in_flight.discard(request_id)
             except ServiceError as exc:
                 code = grpc.StatusCode[exc.status]
-                response = wire.build_error_response(request.request_id, code, exc.message)
+                response = wire.build_error_response(request_id, code, exc.message)
             except Exception as exc:  # a bug must not take the other requests down with it
-                log.exception("ScoreStream request %r failed", request.request_id)
+                log.exception("ScoreStream request %r failed", request_id)
                 message = f"internal error: {type(exc).__name__}: {exc}"
-                response = wire.build_error_response(request.request_id, grpc.StatusCode.INTERNAL, message)
+                response = wire.build_error_response(request_id, grpc.StatusCode.INTERNAL, message)
             await responses.put(response)
 
         async def read_all():
             try:
                 async with asyncio.TaskGroup() as tasks:
                     async for request in request_iterator:
+                        await slots.acquire()
                         tasks.create_task(one(request))
             finally:
                 responses.put_nowait(None)
@@ -89,6 +107,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         try:
             while (response := await responses.get()) is not None:
                 yield response
+                slots.release()
             await reader  # surfaces an unexpected error from the reader
         finally:
             reader.cancel()
@@ -98,81 +117,18 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             infos = self._service.info()
         except ServiceError as exc:
             await context.abort(grpc.StatusCode[exc.status], exc.message)
-        fields = scorer_pb2.ScorerInfo.DESCRIPTOR.fields_by_name
         return scorer_pb2.ListScorersResponse(
-            scorers=[scorer_pb2.ScorerInfo(**{k: v for k, v in info.items() if k in fields}) for info in infos],
+            scorers=[info.to_message() for info in infos],
             default_scorer=self._service.default_scorer,
         )
-
-
-class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Counts calls of the Scorer service by status code and times them."""
-
-    def __init__(self, metrics: Metrics):
-        self._metrics = metrics
-
-    async def intercept_service(self, continuation, details):
-        handler = await continuation(details)
-        if handler is None or not details.method.startswith(f"/{SERVICE_NAME}/"):
-            return handler
-        method = details.method.rsplit("/", 1)[-1]
-        record = self._recorder(method)
-        if handler.unary_unary:
-            behavior = handler.unary_unary
-
-            async def unary(request, context):
-                start = time.perf_counter()
-                try:
-                    response = await behavior(request, context)
-                except BaseException as exc:
-                    record(context, exc, start)
-                    raise
-                record(context, None, start)
-                return response
-
-            return grpc.unary_unary_rpc_method_handler(
-                unary, handler.request_deserializer, handler.response_serializer
-            )
-        behavior = handler.stream_stream
-
-        async def stream(request_iterator, context):
-            start = time.perf_counter()
-            try:
-                responses = behavior(request_iterator, context)
-                if inspect.isasyncgen(responses):
-                    async for response in responses:
-                        yield response
-                else:  # a handler that writes with context.write (or only aborts)
-                    await responses
-            except BaseException as exc:
-                record(context, exc, start)
-                raise
-            record(context, None, start)
-
-        return grpc.stream_stream_rpc_method_handler(
-            stream, handler.request_deserializer, handler.response_serializer
-        )
-
-    def _recorder(self, method: str):
-        def record(context, exc: BaseException | None, start: float) -> None:
-            code = context.code()
-            if code is None:
-                code = (
-                    grpc.StatusCode.OK if exc is None
-                    else grpc.StatusCode.CANCELLED if isinstance(exc, asyncio.CancelledError)
-                    else grpc.StatusCode.UNKNOWN
-                )
-            self._metrics.grpc_requests.labels(method, code.name).inc()
-            self._metrics.grpc_latency.labels(method).observe(time.perf_counter() - start)
-
-        return record
 
 
 class GrpcFrontEnd:
     """The gRPC server with health and reflection, bound to `config.host:config.grpc_port`."""
 
     def __init__(self, service: ScoringService, config: ServerConfig, metrics: Metrics):
-        interceptors = [GrpcMetricsInterceptor(metrics)]
+        # The metrics interceptor is outermost, so it counts the INTERNAL the catch-all sets.
+        interceptors = [GrpcMetricsInterceptor(metrics), GrpcInternalErrorInterceptor()]
         if config.auth_token:
             interceptors.append(GrpcAuthInterceptor(BearerToken(config.auth_token)))
         limit = wire.message_limit(config.max_request_tokens, config.max_sequences)
@@ -183,7 +139,7 @@ class GrpcFrontEnd:
                 ("grpc.max_send_message_length", limit),
             ],
         )
-        scorer_pb2_grpc.add_ScorerServicer_to_server(ScorerServicer(service), self.server)
+        _add_servicer(ScorerServicer(service, config.stream_inflight), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -218,3 +174,22 @@ class GrpcFrontEnd:
 
     async def stop(self, grace: float) -> None:
         await self.server.stop(grace)
+
+
+def _add_servicer(servicer: ScorerServicer, server: grpc.aio.Server) -> None:
+    """`add_ScorerServicer_to_server` with ScoreRequest bytes decoded by `decode_request`:
+    gRPC's own decoding would fail a malformed message as UNKNOWN, and a stream with it."""
+    respond = scorer_pb2.ScoreResponse.SerializeToString
+    handlers = {
+        "Score": grpc.unary_unary_rpc_method_handler(servicer.Score, decode_request, respond),
+        "ScoreStream": grpc.stream_stream_rpc_method_handler(
+            servicer.ScoreStream, decode_request, respond
+        ),
+        "ListScorers": grpc.unary_unary_rpc_method_handler(
+            servicer.ListScorers,
+            scorer_pb2.ListScorersRequest.FromString,
+            scorer_pb2.ListScorersResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)

@@ -1,10 +1,13 @@
-"""Typed request and response bodies of the HTTP API (DESIGN §4), shared by JSON and msgpack."""
+"""Typed request and response bodies of the HTTP API (docs/DESIGN.md §4), shared by JSON and
+msgpack; the per-sequence arrays and ScorerInfo are the wire's own types."""
 
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
-OutputName = Literal["score", "logp_long", "logp_short"]
+from tokenweight.wire import OUTPUT_NAMES, ScorerInfo
+
+OutputName = Literal[OUTPUT_NAMES]
 
 
 class ScoreBody(BaseModel):
@@ -28,7 +31,9 @@ class ScoreBody(BaseModel):
         return self
 
 
-class ScoreResult(BaseModel):
+class ScoredSequence(BaseModel):
+    """One sequence of the answer: its ids and `tokenweight.wire.Scores` as JSON lists."""
+
     token_ids: list[int]
     tokens: list[str] | None = Field(None, description="Decoded tokens, for text input")
     score: list[float] | None = Field(None, description="|logp_short - logp_long|, L-1 values")
@@ -41,22 +46,7 @@ class ScoreResponseBody(BaseModel):
     fingerprint: str
     window: int
     stride: int
-    results: list[ScoreResult]
-
-
-class ScorerInfo(BaseModel):
-    name: str
-    long_model: str
-    short_model: str
-    default_window: int
-    default_stride: int
-    max_sequence_length: int
-    vocab_size: int
-    dtype: str
-    device: str
-    fingerprint: str
-    is_default: bool
-    max_request_tokens: int
+    results: list[ScoredSequence]
 
 
 class ScorersBody(BaseModel):

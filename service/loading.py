@@ -1,4 +1,4 @@
-"""Loading local Hugging Face causal-LM checkpoints, safely.
+"""Loading local Hugging Face causal-LM checkpoints and their tokenizers, safely.
 
 Never `trust_remote_code`, never a hub download, safetensors weights only unless the
 operator explicitly allows pickle checkpoints (a pickle file can run arbitrary code).
@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
 class ModelLoadError(ValueError):
@@ -109,3 +110,15 @@ def load_causal_lm(
         raise ModelLoadError(f"cannot load {path} (model_type {model_type!r}): {exc}") from exc
     model.to(device).eval().requires_grad_(False)
     return LoadedModel(model, str(path), weights_digest(path))
+
+
+def has_tokenizer(path) -> bool:
+    return any((Path(path) / name).exists() for name in TOKENIZER_FILES)
+
+
+def load_hf_tokenizer(path):
+    """The Hugging Face tokenizer of a checkpoint directory (AutoTokenizer, local files only):
+    the one loader behind text input over HTTP, `tokenweight score` and `prepare`."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)

@@ -6,7 +6,7 @@ through the LM head, a bounded slice at a time, in fp32 log-softmax. This is wha
 """
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -151,14 +151,25 @@ def batches_by_budget(
 
 
 def run_segments(
-    model: nn.Module, segments: Sequence[Segment], options: ForwardOptions
+    model: nn.Module,
+    segments: Sequence[Segment],
+    options: ForwardOptions,
+    skip: Callable[[Segment], bool] | None = None,
 ) -> list[torch.Tensor]:
-    """Kept-position log-probs (fp32, on CPU) for each segment, in the order given."""
+    """Kept-position log-probs (fp32, on CPU) for each segment, in the order given.
+
+    `skip` is asked before every forward call: segments it names are left out (their result
+    stays empty), so work nobody waits for any more stops between calls.
+    """
     device = model.get_input_embeddings().weight.device
     head = lm_head_of(model)
     index = {id(seg): i for i, seg in enumerate(segments)}
     results: list[torch.Tensor] = [torch.empty(0)] * len(segments)
     for batch in batches_by_budget(segments, options.token_budget, options.batch_invariant):
+        if skip is not None:
+            batch = [seg for seg in batch if not skip(seg)]
+            if not batch:
+                continue
         width = len(batch[0])
         rows = torch.zeros(len(batch), width, dtype=torch.long)
         flat_positions, labels = [], []

@@ -43,19 +43,29 @@ class ScorerServer:
         await self.grpc.set_serving(True)
 
     async def shutdown(self, grace: float | None = None) -> bool:
-        """Drain and stop; True if every in-flight request finished within the grace."""
+        """Drain and stop within `grace` seconds in all; True if every in-flight request
+        finished in time.
+
+        The last part of the grace (up to `_FLUSH_S`) is kept for the end: whatever is still
+        queued or scoring then fails as UNAVAILABLE (HTTP 503, which clients retry
+        elsewhere), the engine drops the rest of its batch at its next forward call, and the
+        front ends get that time to send those answers and close.
+        """
         grace = self.config.server.grace_s if grace is None else grace
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        flush = min(_FLUSH_S, grace / 4)
         if self.grpc:
             await self.grpc.drain()
-        drained = await self.service.drain(grace)
-        if self.grpc:
-            # Nothing is being scored any more, so open streams (a trainer keeps one open
-            # all the time) have nothing left to wait for: a moment to flush the last
-            # responses, then they are cancelled and clients fail over.
-            await self.grpc.stop(_FLUSH_S if drained else 0)
-        if self.http:
-            await self.http.stop()
+        drained = await self.service.drain(grace - flush)
         await self.service.close()
+        left = max(deadline - loop.time(), 0.0)
+        # Open streams (a trainer keeps one open all the time) have nothing left to wait
+        # for: they are cancelled after the flush and clients fail over.
+        stops = [self.grpc.stop(min(left, flush))] if self.grpc else []
+        if self.http:
+            stops.append(self.http.stop(left))
+        await asyncio.gather(*stops)
         return drained
 
     def addresses(self) -> str:

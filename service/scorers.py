@@ -6,11 +6,16 @@ from pathlib import Path
 
 from .config import ConfigError, ScorerConfig
 from .engine import ScoringEngine
-from .loading import LoadedModel, load_causal_lm, resolve_device, resolve_dtype
+from .loading import (
+    LoadedModel,
+    has_tokenizer,
+    load_causal_lm,
+    load_hf_tokenizer,
+    resolve_device,
+    resolve_dtype,
+)
 
 log = logging.getLogger(__name__)
-
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
 @dataclass
@@ -40,11 +45,7 @@ class _Loader:
     def tokenizer(self, path: str):
         key = str(Path(path).resolve())
         if key not in self._tokenizers:
-            self._tokenizers[key] = None
-            if any((Path(path) / name).exists() for name in _TOKENIZER_FILES):
-                from transformers import AutoTokenizer
-
-                self._tokenizers[key] = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            self._tokenizers[key] = load_hf_tokenizer(path) if has_tokenizer(path) else None
         return self._tokenizers[key]
 
 
@@ -57,9 +58,9 @@ def load_scorers(configs: list[ScorerConfig]) -> dict[str, Scorer]:
         same = not config.short_model or Path(config.short_model).resolve() == Path(config.model).resolve()
         short = None if same else loader.model(config.short_model, config)
         try:
-            engine = ScoringEngine(
-                long.model,
-                short.model if short else None,
+            engine = ScoringEngine.from_loaded(
+                long,
+                short,
                 name=config.name,
                 window=config.window,
                 stride=config.stride,
@@ -67,10 +68,6 @@ def load_scorers(configs: list[ScorerConfig]) -> dict[str, Scorer]:
                 token_budget=config.token_budget,
                 batch_invariant=config.batch_invariant,
                 compile_blocks=config.compile_blocks,
-                long_path=long.path,
-                short_path=short.path if short else "",
-                long_digest=long.digest,
-                short_digest=short.digest if short else None,
             )
         except ValueError as exc:
             raise ConfigError(f"scorer {config.name!r}: {exc}") from None

@@ -5,16 +5,20 @@ a bad request fails alone and never reaches the engine.
 """
 
 import asyncio
+import contextvars
 import logging
 from concurrent.futures import ThreadPoolExecutor
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
-from .batcher import Batcher
+from tokenweight.wire import ScorerInfo, Scores
+
+from .batcher import Batcher, QueueLimits
 from .cache import ScoreCache
 from .config import ServerConfig
-from .engine import Outputs, ScoringInputError, SequenceScores
+from .engine import Outputs, ScoringInputError
 from .errors import InvalidArgument, NotFound, ServiceError, Unavailable
 from .metrics import Metrics
 from .scorers import Scorer
@@ -23,6 +27,10 @@ log = logging.getLogger(__name__)
 
 STARTING, SERVING, DRAINING = "starting", "serving", "draining"
 
+# Who is asking (a connection's address), for the batcher's per-client share and
+# round-robin; front ends set it per request where they do not pass `client` explicitly.
+current_client: contextvars.ContextVar[str] = contextvars.ContextVar("tokenweight_client", default="")
+
 
 @dataclass
 class Scored:
@@ -30,7 +38,7 @@ class Scored:
     fingerprint: str
     window: int
     stride: int
-    results: list[SequenceScores]
+    results: list[Scores]
 
 
 class ScoringService:
@@ -58,7 +66,9 @@ class ScoringService:
                 self.metrics,
                 batch_tokens=self.config.batch_tokens or scorer.engine.options.token_budget,
                 max_wait=self.config.max_wait_ms / 1000,
-                queue_size=self.config.queue_size,
+                limits=QueueLimits(
+                    self.config.queue_size, self.config.queue_tokens, self.config.client_share
+                ),
             )
             batcher.start()
             self._batchers[name] = batcher
@@ -90,12 +100,15 @@ class ScoringService:
             )
         return scorer
 
-    def info(self) -> list[dict]:
+    def info(self) -> list[ScorerInfo]:
         """ListScorers / GET /v1/scorers: each scorer's settings."""
         self._check_state()
         return [
-            scorer.engine.info()
-            | {"is_default": name == self.default_scorer, "max_request_tokens": self.config.max_request_tokens}
+            dataclasses.replace(
+                scorer.engine.info(),
+                is_default=name == self.default_scorer,
+                max_request_tokens=self.config.max_request_tokens,
+            )
             for name, scorer in self.scorers.items()
         ]
 
@@ -107,12 +120,14 @@ class ScoringService:
         stride: int | None,
         outputs: Outputs,
         timeout: float | None = None,
+        client: str | None = None,
     ) -> Scored:
         label = "unknown"
+        client = current_client.get() if client is None else client
         try:
             scorer = self.scorer(scorer_name)
             label = scorer.config.name
-            scored = await self._score(scorer, sequences, window, stride, outputs, timeout)
+            scored = await self._score(scorer, sequences, window, stride, outputs, timeout, client)
         except ServiceError as exc:
             self.metrics.score_requests.labels(label, exc.status).inc()
             raise
@@ -122,16 +137,17 @@ class ScoringService:
         self.metrics.score_requests.labels(label, "OK").inc()
         return scored
 
-    async def _score(self, scorer, sequences, window, stride, outputs, timeout) -> Scored:
+    async def _score(self, scorer, sequences, window, stride, outputs, timeout, client) -> Scored:
         engine, name = scorer.engine, scorer.config.name
         self._check_limits(sequences)
         try:
             k, s = engine.resolve(window, stride)
             engine.check(sequences, k, s)
+            engine.check_work(sequences, k, s, outputs, self.config.max_forward_tokens)
         except ScoringInputError as exc:
             raise InvalidArgument(str(exc)) from None
         fingerprint = engine.fingerprint(k, s)
-        results: list[SequenceScores | None] = [None] * len(sequences)
+        results: list[Scores | None] = [None] * len(sequences)
         keys = []
         if self._cache is not None:
             keys = [ScoreCache.key(fingerprint, k, s, seq) for seq in sequences]
@@ -145,7 +161,7 @@ class ScoringService:
             self._idle.clear()
             try:
                 fresh = await self._batchers[name].score(
-                    [sequences[i] for i in missing], k, s, outputs, timeout
+                    [sequences[i] for i in missing], k, s, outputs, timeout, client
                 )
             finally:
                 self._inflight -= 1

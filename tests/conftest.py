@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random-weight checkpoints with a real tokenizer, built once per session.
+"""Shared fixtures of tests/unit, e2e, gpu and docker: tiny random-weight checkpoints with a
+real tokenizer, built once per session.
 
 The tokenizer is a byte-level BPE trained on a few strings, so any text encodes; `<s>` is id 1
 and is prepended to every encoding, like a Llama tokenizer. Both models share it (a long/short
@@ -6,6 +7,9 @@ pair must share the vocabulary).
 """
 
 import pytest
+
+# The folders the tests are grouped in, each also a marker (pyproject's markers).
+GROUPS = ("unit", "e2e", "gpu", "docker")
 
 TINY_VOCAB = 300
 TINY_BOS = 1
@@ -16,6 +20,12 @@ _CORPUS = [
     "A frozen scorer predicts every token twice: with the whole document and a short window.",
     "The quick brown fox jumps over the lazy dog. <script>alert('x')</script> & friends",
 ]
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.path.parent.name in GROUPS:
+            item.add_marker(item.path.parent.name)
 
 
 def _tiny_tokenizer():

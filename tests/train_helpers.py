@@ -1,4 +1,4 @@
-"""Shared pieces of the trainer tests (tests/test_train_*.py): tiny checkpoints, a tiny
+"""Shared pieces of the trainer tests (tests/e2e/test_train_*.py): tiny checkpoints, a tiny
 prepared dataset, a live `tokenweight serve` process, and 2-process torchrun runs on CPU."""
 
 import os

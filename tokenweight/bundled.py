@@ -4,7 +4,8 @@
 at most 25 MB with its tokenizer) together with a held-out snippet and
 `tokenweight_model.json` (its window and training context). The property: on code it never
 trained on, the model's own contrast scores are higher on tokens that repeat an identifier
-first seen at least a window earlier than on all other tokens (median against median).
+first seen at least a window earlier than on all other tokens (median against median);
+`tokenweight.trainer.evals.repeat_contrast` measures it.
 """
 
 import json
@@ -45,25 +46,3 @@ def read_info(model_dir: Path) -> dict:
 def bundle_bytes(model_dir: Path) -> int:
     return sum(p.stat().st_size for p in Path(model_dir).rglob("*") if p.is_file())
 
-
-def repeat_contrast(model_dir: Path, text: str, window: int, device: str = "cpu") -> dict:
-    """The model's own contrast on `text`: medians over identifier repeats first seen
-    >= `window` tokens earlier, and over all other targets."""
-    import numpy as np
-
-    from tokenweight.service.engine import ScoringEngine
-    from tokenweight.trainer.evals.identifiers import long_range_repeats
-    from tokenweight.trainer.prepare import load_tokenizer
-
-    engine = ScoringEngine.from_pretrained(model_dir, device=device, dtype="float32", window=window)
-    enc = load_tokenizer(model_dir).backend.encode(text, add_special_tokens=True)
-    ids, offsets = enc.ids[: engine.max_length], enc.offsets[: engine.max_length]
-    score = engine.score([ids])[0].score
-    repeats = long_range_repeats(text, offsets, window)
-    return {
-        "window": window,
-        "tokens": len(ids),
-        "repeat_tokens": int(repeats.sum()),
-        "median_repeat": float(np.median(score[repeats])) if repeats.any() else None,
-        "median_other": float(np.median(score[~repeats])),
-    }

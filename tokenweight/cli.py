@@ -17,6 +17,10 @@ COMMANDS = {
     "corpus": ("tokenweight.trainer.corpus", "collect this machine's Python sources into a train/held-out corpus"),
     "tokenizer": ("tokenweight.trainer.tokenizer", "train a byte-level BPE tokenizer on a corpus"),
     "eval": ("tokenweight.trainer.evals.cli", "long-context evals: retrieval by distance, perplexity by position"),
+    "diagnose": ("tokenweight.trainer.evals.diagnose", "compare scorers on held-out files: weight rank agreement, AUROC for long-range repeats"),
+    "rank": ("tokenweight.trainer.selection.rank", "rank documents by how much they need long context"),
+    "select": ("tokenweight.trainer.selection.select", "keep the top of a ranking, stratified, with a matched random control"),
+    "rank-page": ("tokenweight.trainer.selection.page", "draw a ranking as an HTML page"),
 }
 
 

@@ -60,6 +60,7 @@ def local_scorer(args):
     import numpy as np
 
     from tokenweight.service.engine import ScoringEngine
+    from tokenweight.service.loading import load_hf_tokenizer
     from tokenweight.service.text import tokenize
 
     settings = {name: value for name in ("window", "stride") if (value := getattr(args, name))}
@@ -74,9 +75,7 @@ def local_scorer(args):
         for item in items:
             if "text" in item:
                 if tokenizer is None:
-                    from transformers import AutoTokenizer
-
-                    tokenizer = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
+                    tokenizer = load_hf_tokenizer(args.model)
                 (ids,), (decoded,) = tokenize(tokenizer, [item["text"]])
                 tokens.append(decoded)
             else:

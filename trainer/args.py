@@ -1,12 +1,15 @@
 """The trainer's configuration: one dataclass, filled from the command line.
 
-`torchrun --nproc-per-node N -m tokenweight.trainer --help` lists every flag. Checks that need
-only the flags themselves run here, before any process group or model exists, so a typo
-fails in a second instead of after the model has loaded on every rank.
+`torchrun --nproc-per-node N -m tokenweight.trainer --help` lists every flag; each is a field
+of `TrainConfig` carrying its default and help, and the parser is generated from them. Checks
+that need only the flags themselves run here, before any process group or model exists, so a
+typo fails in a second instead of after the model has loaded on every rank.
 """
 
 import argparse
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
+
+from tokenweight.flags import add_flags, flag, values_of
 
 from .loss import DEFAULT_CHUNK_SIZE
 from .weighting import PRESETS, WeightingConfig
@@ -14,54 +17,165 @@ from .weighting import PRESETS, WeightingConfig
 SCORE_SOURCES = ("service", "hybrid", "self", "precomputed")
 
 
+MODEL, OPTIM, DEVICES, SPEED, SCORES, CHECKPOINTS = (
+    "model and data", "optimisation", "devices", "speed", "scores and weighting",
+    "checkpoints and logs",
+)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    model: str
-    data: str
-    out: str
-    max_steps: int
-    seq_len: int | None = None
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 2e-5
-    min_lr: float = 0.0
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    schedule: str = "cosine"
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    device: str = "auto"
-    parallel: str = "ddp"
-    activation_checkpointing: bool = True
-    activation_checkpointing_every: int = 1  # recompute every N-th decoder layer (1 = all)
-    fast: bool = False  # fused AdamW, compiled blocks and compiled loss together
-    compile_blocks: bool = False  # torch.compile each decoder layer, attention left eager
-    compile_loss: bool = False  # torch.compile the LM-head chunk's cross-entropy
-    fused_optimizer: bool = False  # AdamW(fused=True): one kernel for all parameters
-    loss_chunk_size: int = DEFAULT_CHUNK_SIZE  # tokens per LM-head + cross-entropy chunk
-    loss_recompute: bool = True  # recompute each chunk's logits in the backward (not kept)
-    bf16_params: bool = False  # FSDP: gather parameters in bf16, reduce gradients in fp32
-    rope_theta: float | None = None
-    score_source: str | None = None
-    scorer_url: str | None = None
-    scorer_name: str = ""
-    scorer_retry_for: float = 3600.0
-    prefetch_depth: int = 3
-    scores: str | None = None
-    long_from_model: bool = False
-    weighting: str = "dense"
-    lam: float | None = None
-    kappa: float | None = None
-    gamma: float | None = None
-    shift: float | None = None
-    window: int | None = None
-    stride: int | None = None
-    self_token_budget: int | None = None
-    save_every: int = 0
-    resume: str | None = None
-    stop_at: int | None = None
-    dump_weights: str | None = None
-    progress: bool = True
+    model: str = flag(help="local Hugging Face checkpoint directory (safetensors)", group=MODEL)
+    data: str = flag(help="dataset prepared by `tokenweight prepare`", group=MODEL)
+    out: str = flag(help="run directory: metrics.jsonl, checkpoints/, model/", group=MODEL)
+    max_steps: int = flag(
+        help="optimizer steps in total (a resumed run continues to it)", group=OPTIM
+    )
+    seq_len: int | None = flag(
+        None,
+        "training context; longer dataset rows are cut to it, and the model's max positions "
+        "grow to it (default: the dataset's rows)",
+        group=MODEL,
+    )
+    batch_size: int = flag(8, "sequences per rank per micro-batch", group=OPTIM)
+    grad_accum: int = flag(1, "micro-batches per optimizer step", group=OPTIM)
+    lr: float = flag(2e-5, "peak learning rate (AdamW)", group=OPTIM)
+    min_lr: float = flag(0.0, "learning rate at the end of the cosine schedule", group=OPTIM)
+    weight_decay: float = flag(0.0, "AdamW weight decay", group=OPTIM)
+    warmup_steps: int = flag(0, "linear warmup from 0 to --lr", group=OPTIM)
+    schedule: str = flag("cosine", "after warmup", group=OPTIM, choices=("constant", "cosine"))
+    max_grad_norm: float = flag(1.0, "gradient clipping (0 = off)", group=OPTIM)
+    seed: int = flag(0, "data order, weighting tie-breaks and RNG", group=OPTIM)
+    device: str = flag(
+        "auto",
+        "cuda: one GPU per rank (LOCAL_RANK), NCCL; cpu: gloo",
+        group=DEVICES,
+        choices=("auto", "cpu", "cuda"),
+    )
+    parallel: str = flag(
+        "ddp",
+        "replicate (DDP) or shard (FSDP2 fully_shard) the model",
+        group=DEVICES,
+        choices=("ddp", "fsdp"),
+    )
+    activation_checkpointing: bool = flag(
+        True, "recompute each decoder layer in the backward", group=MODEL
+    )
+    activation_checkpointing_every: int = flag(
+        1,
+        "recompute only every N-th decoder layer (1 = all; 2 = half the recompute, more memory)",
+        group=MODEL,
+        metavar="N",
+    )
+    fast: bool = flag(
+        False,
+        "the measured speed set: --fused-optimizer --compile-blocks --compile-loss (same "
+        "losses; compiles at start)",
+        group=SPEED,
+    )
+    compile_blocks: bool = flag(
+        False,
+        "torch.compile each decoder layer (norms, RoPE, MLP, residuals fused); attention stays "
+        "eager SDPA",
+        group=SPEED,
+    )
+    compile_loss: bool = flag(
+        False, "torch.compile the LM head's chunked cross-entropy", group=SPEED
+    )
+    fused_optimizer: bool = flag(False, "fused AdamW (one kernel per step)", group=SPEED)
+    loss_chunk_size: int = flag(
+        DEFAULT_CHUNK_SIZE, "tokens per LM-head + cross-entropy chunk", group=SPEED
+    )
+    loss_recompute: bool = flag(
+        True,
+        "recompute each chunk's logits in the backward; --no-loss-recompute keeps them (faster "
+        "where tokens x vocab fp32 logits fit)",
+        group=SPEED,
+    )
+    bf16_params: bool = flag(
+        False,
+        "with --parallel fsdp: gather parameters in bf16 (fp32 master weights, fp32 gradient "
+        "reduction)",
+        group=SPEED,
+    )
+    rope_theta: float | None = flag(
+        None, "new RoPE base for context extension (default: the checkpoint's)", group=MODEL
+    )
+    score_source: str | None = flag(
+        None,
+        "where logp_long/logp_short come from (default: precomputed with --scores, service "
+        "with --scorer-url)",
+        group=SCORES,
+        choices=SCORE_SOURCES,
+    )
+    scorer_url: str | None = flag(
+        None,
+        "grpc://HOST:PORT[,grpc://HOST2:PORT] of `tokenweight serve`, or a target gRPC balances "
+        "over its replicas: dns:///NAME:PORT, ipv4:A:PORT,B:PORT",
+        group=SCORES,
+    )
+    scorer_name: str = flag(
+        "", "scorer to ask on the server (default: its default scorer)", group=SCORES
+    )
+    scorer_retry_for: float = flag(
+        3600.0,
+        "seconds to keep retrying an unreachable scorer before the run stops (resume it with "
+        "--resume auto)",
+        group=SCORES,
+    )
+    prefetch_depth: int = flag(
+        3, "batches whose scores are requested ahead of the training step", group=SCORES
+    )
+    scores: str | None = flag(
+        None, "score store written by `tokenweight precompute` (precomputed source)", group=SCORES
+    )
+    long_from_model: bool = flag(
+        False,
+        "precomputed: take logp_long from the training forward instead of the store (hybrid "
+        "without a live scorer)",
+        group=SCORES,
+    )
+    weighting: str = flag(
+        "dense", "postprocessing preset (docs/DESIGN.md §1.2)", group=SCORES, choices=PRESETS
+    )
+    lam: float | None = flag(None, "dense: interpolation lambda (default 0.75)", group=SCORES)
+    kappa: float | None = flag(None, "sparse/ppmi/npmi: kept fraction (default 0.2)", group=SCORES)
+    gamma: float | None = flag(None, "longce: truncation (default 5)", group=SCORES)
+    shift: float | None = flag(None, "ppmi/npmi: the shift c (default 2)", group=SCORES)
+    window: int | None = flag(
+        None, "short-context window k (service/hybrid: scorer default; self: 1024)", group=SCORES
+    )
+    stride: int | None = flag(None, "chunk stride s (default 3k/4)", group=SCORES)
+    self_token_budget: int | None = flag(
+        None,
+        "self source: tokens per no-grad scoring forward (default: the engine's)",
+        group=SCORES,
+    )
+    save_every: int = flag(
+        0,
+        "checkpoint every N steps into OUT/checkpoints/step_N (the last step is always saved)",
+        group=CHECKPOINTS,
+    )
+    resume: str | None = flag(
+        None,
+        "checkpoint directory to resume from, or `auto` for the latest in OUT/checkpoints",
+        group=CHECKPOINTS,
+    )
+    stop_at: int | None = flag(
+        None,
+        "end this invocation after step STEP (checkpointed there) while keeping the schedule "
+        "of --max-steps; continue with --resume auto",
+        group=CHECKPOINTS,
+        metavar="STEP",
+    )
+    dump_weights: str | None = flag(
+        None,
+        "debug: save each rank's micro-batch indices, token hash, losses and applied weights "
+        "to DIR/step{S}_micro{M}_rank{R}.npz",
+        group=CHECKPOINTS,
+        metavar="DIR",
+    )
+    progress: bool = flag(True, "progress bar on rank 0", group=CHECKPOINTS)
 
     @property
     def needs_scores(self) -> bool:
@@ -81,204 +195,18 @@ class TrainConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog="torchrun --nproc-per-node N -m tokenweight.trainer",
         description="Train a Hugging Face causal LM with token-weighted cross-entropy.",
     )
-    g = p.add_argument_group("model and data")
-    g.add_argument(
-        "--model", required=True, help="local Hugging Face checkpoint directory (safetensors)"
-    )
-    g.add_argument("--data", required=True, help="dataset prepared by `tokenweight prepare`")
-    g.add_argument(
-        "--out", required=True, help="run directory: metrics.jsonl, checkpoints/, model/"
-    )
-    g.add_argument(
-        "--seq-len",
-        type=int,
-        help="training context; longer dataset rows are cut to it, and the model's max positions grow to it (default: the dataset's rows)",
-    )
-    g.add_argument(
-        "--rope-theta",
-        type=float,
-        help="new RoPE base for context extension (default: the checkpoint's)",
-    )
-    g.add_argument(
-        "--activation-checkpointing",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="recompute each decoder layer in the backward (default: on)",
-    )
-
-    g.add_argument(
-        "--activation-checkpointing-every",
-        type=int,
-        default=1,
-        metavar="N",
-        help="recompute only every N-th decoder layer (1 = all; 2 = half the recompute, more memory)",
-    )
-
-    g = p.add_argument_group("speed")
-    g.add_argument(
-        "--fast",
-        action="store_true",
-        help="the measured speed set: --fused-optimizer --compile-blocks --compile-loss (same losses; compiles at start)",
-    )
-    g.add_argument(
-        "--compile-blocks",
-        action="store_true",
-        help="torch.compile each decoder layer (norms, RoPE, MLP, residuals fused); attention stays eager SDPA",
-    )
-    g.add_argument(
-        "--compile-loss",
-        action="store_true",
-        help="torch.compile the LM head's chunked cross-entropy",
-    )
-    g.add_argument(
-        "--fused-optimizer", action="store_true", help="fused AdamW (one kernel per step)"
-    )
-    g.add_argument(
-        "--loss-chunk-size",
-        type=int,
-        default=DEFAULT_CHUNK_SIZE,
-        help=f"tokens per LM-head + cross-entropy chunk (default {DEFAULT_CHUNK_SIZE})",
-    )
-    g.add_argument(
-        "--loss-recompute",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="recompute each chunk's logits in the backward; --no-loss-recompute keeps them (faster where tokens x vocab fp32 logits fit; default: on)",
-    )
-
-    g.add_argument(
-        "--bf16-params",
-        action="store_true",
-        help="with --parallel fsdp: gather parameters in bf16 (fp32 master weights, fp32 gradient reduction)",
-    )
-
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--batch-size", type=int, default=8, help="sequences per rank per micro-batch")
-    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    g.add_argument("--lr", type=float, default=2e-5, help="peak learning rate (AdamW)")
-    g.add_argument(
-        "--min-lr", type=float, default=0.0, help="learning rate at the end of the cosine schedule"
-    )
-    g.add_argument("--weight-decay", type=float, default=0.0)
-    g.add_argument("--warmup-steps", type=int, default=0, help="linear warmup from 0 to --lr")
-    g.add_argument(
-        "--schedule", choices=("constant", "cosine"), default="cosine", help="after warmup"
-    )
-    g.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0 = off)")
-    g.add_argument(
-        "--max-steps",
-        type=int,
-        required=True,
-        help="optimizer steps in total (a resumed run continues to it)",
-    )
-    g.add_argument("--seed", type=int, default=0, help="data order, weighting tie-breaks and RNG")
-
-    g = p.add_argument_group("devices")
-    g.add_argument(
-        "--device",
-        default="auto",
-        choices=("auto", "cpu", "cuda"),
-        help="cuda: one GPU per rank (LOCAL_RANK), NCCL; cpu: gloo",
-    )
-    g.add_argument(
-        "--parallel",
-        choices=("ddp", "fsdp"),
-        default="ddp",
-        help="replicate (DDP) or shard (FSDP2 fully_shard) the model",
-    )
-
-    g = p.add_argument_group("scores and weighting")
-    g.add_argument(
-        "--score-source",
-        choices=SCORE_SOURCES,
-        help="where logp_long/logp_short come from (default: precomputed with --scores, service with --scorer-url)",
-    )
-    g.add_argument(
-        "--scorer-url", help="grpc://HOST:PORT[,grpc://HOST2:PORT] of `tokenweight serve`"
-    )
-    g.add_argument(
-        "--scorer-name",
-        default="",
-        help="scorer to ask on the server (default: its default scorer)",
-    )
-    g.add_argument(
-        "--scorer-retry-for",
-        type=float,
-        default=3600.0,
-        help="seconds to keep retrying an unreachable scorer before the run stops (resume it with --resume auto)",
-    )
-    g.add_argument(
-        "--prefetch-depth",
-        type=int,
-        default=3,
-        help="batches whose scores are requested ahead of the training step",
-    )
-    g.add_argument(
-        "--scores", help="score store written by `tokenweight precompute` (precomputed source)"
-    )
-    g.add_argument(
-        "--long-from-model",
-        action="store_true",
-        help="precomputed: take logp_long from the training forward instead of the store (hybrid without a live scorer)",
-    )
-    g.add_argument(
-        "--weighting", choices=PRESETS, default="dense", help="postprocessing preset (DESIGN §1)"
-    )
-    g.add_argument("--lam", type=float, help="dense: interpolation lambda (default 0.75)")
-    g.add_argument("--kappa", type=float, help="sparse/ppmi/npmi: kept fraction (default 0.2)")
-    g.add_argument("--gamma", type=float, help="longce: truncation (default 5)")
-    g.add_argument("--shift", type=float, help="ppmi/npmi: the shift c (default 2)")
-    g.add_argument(
-        "--window",
-        type=int,
-        help="short-context window k (service/hybrid: scorer default; self: 1024)",
-    )
-    g.add_argument("--stride", type=int, help="chunk stride s (default 3k/4)")
-    g.add_argument(
-        "--self-token-budget",
-        type=int,
-        help="self source: tokens per no-grad scoring forward (default: the engine's)",
-    )
-
-    g = p.add_argument_group("checkpoints and logs")
-    g.add_argument(
-        "--save-every",
-        type=int,
-        default=0,
-        help="checkpoint every N steps into OUT/checkpoints/step_N (the last step is always saved)",
-    )
-    g.add_argument(
-        "--resume",
-        help="checkpoint directory to resume from, or `auto` for the latest in OUT/checkpoints",
-    )
-    g.add_argument(
-        "--stop-at",
-        type=int,
-        metavar="STEP",
-        help="end this invocation after step STEP (checkpointed there) while keeping the schedule of --max-steps; continue with --resume auto",
-    )
-    g.add_argument(
-        "--dump-weights",
-        metavar="DIR",
-        help="debug: save each rank's micro-batch indices, token hash, losses and applied weights to DIR/step{S}_micro{M}_rank{R}.npz",
-    )
-    g.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="progress bar on rank 0",
-    )
-    return p
+    add_flags(parser, TrainConfig)
+    return parser
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser = build_parser()
     ns = parser.parse_args(argv)
-    values = {f.name: getattr(ns, f.name) for f in fields(TrainConfig)}
+    values = values_of(ns, TrainConfig)
     values["score_source"] = _score_source(ns, parser)
     if ns.fast:
         values.update(fused_optimizer=True, compile_blocks=True, compile_loss=True)

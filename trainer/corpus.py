@@ -16,21 +16,40 @@ What is left out, and why:
 - exact duplicates (same content after normalising line endings): the first path in sorted
   order is kept.
 
-The split is by file and depends only on the file's content and `--seed`: a file's side never
-changes when other files are added or removed, and no file is on both sides.
+Two ways to split:
+- `--split-by file` (default): by the file's content hash and `--seed` alone; a file's side
+  never changes when other files are added or removed.
+- `--split-by package`: all files of one top-level package (the first path part below a root,
+  `json/`, `numpy/`, or a lone module `os.py`) on one side, so a held-out file never has a
+  sibling module in training. Packages are taken in a seeded order and go to the held-out
+  side, then to the extension side (`--long-fraction`), until each has its share of the bytes;
+  the rest train. Of an extension package only the files of at least `--long-min-bytes` are
+  kept: the long pool (`long.jsonl`), kept out of pretraining and used only for extension.
+
+`--near-dup-threshold` then removes near-duplicates across the sides (MinHash + LSH, see
+near_dups.py): a held-out or long-pool file too similar to a training file (or a held-out file
+to a long-pool one) is dropped, so the evals never read what training saw in another copy.
+No file is on two sides.
 """
 
+import contextlib
 import hashlib
 import json
 import os
 import platform
 import sys
 import sysconfig
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
+
 FORMAT = "tokenweight-corpus-1"
-TRAIN_FILE, HELDOUT_FILE, MANIFEST_FILE = "train.jsonl", "heldout.jsonl", "manifest.json"
+TRAIN_FILE, HELDOUT_FILE, LONG_FILE = "train.jsonl", "heldout.jsonl", "long.jsonl"
+MANIFEST_FILE = "manifest.json"
+SPLIT_FILES = {"train": TRAIN_FILE, "heldout": HELDOUT_FILE, "long": LONG_FILE}
+SPLIT_RANK = {"train": 0, "long": 1, "heldout": 2}  # near-dups: the lower rank keeps its file
+PARALLEL_FROM = 2000  # files: below this, MinHash signatures in this process
 SKIP_DIRS = frozenset(
     {
         "__pycache__",
@@ -73,6 +92,10 @@ class CorpusConfig:
     min_bytes: int = 256
     max_file_bytes: int = 1_000_000
     max_bytes: int | None = None  # cap on the corpus, files taken in a seeded order
+    split_by: str = "file"  # "file" or "package"
+    long_fraction: float = 0.0  # package split: share of bytes in extension packages
+    long_min_bytes: int = 16384  # smallest file of the long pool (~4k tokens of code)
+    near_dup_threshold: float | None = None  # MinHash Jaccard above which a copy is dropped
 
 
 def add_arguments(parser) -> None:
@@ -104,11 +127,34 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--max-bytes", type=int, help="stop adding files once the corpus holds this many bytes"
     )
+    parser.add_argument(
+        "--split-by",
+        choices=("file", "package"),
+        default="file",
+        help="keep each file (default) or each top-level package on one side",
+    )
+    parser.add_argument(
+        "--long-fraction",
+        type=float,
+        default=0.0,
+        help="package split: share of bytes in packages whose long files form long.jsonl",
+    )
+    parser.add_argument(
+        "--long-min-bytes",
+        type=int,
+        default=16384,
+        help="smallest file of the long pool (default 16384, about 4k tokens of code)",
+    )
+    parser.add_argument(
+        "--near-dup-threshold",
+        type=float,
+        help="drop held-out/long files whose MinHash Jaccard with another side reaches this",
+    )
 
 
 def run(args) -> int:
     roots = tuple(Path(r) for r in args.roots) if args.roots else default_roots()
-    settings = ("heldout_fraction", "seed", "min_bytes", "max_file_bytes", "max_bytes")
+    settings = [f.name for f in fields(CorpusConfig) if f.name not in ("out", "roots")]
     config = CorpusConfig(Path(args.out), roots, **{name: getattr(args, name) for name in settings})
     try:
         manifest = build_corpus(config)
@@ -117,9 +163,12 @@ def run(args) -> int:
         return 1
     c = manifest["counts"]
     print(
-        f"wrote {c['train_files']} train files ({c['train_bytes']} bytes) and {c['heldout_files']} "
-        f"held-out files ({c['heldout_bytes']} bytes) to {config.out}; skipped {c['duplicates']} "
-        f"duplicates and {c['skipped']} other files; list_hash {manifest['list_hash']}"
+        f"found {c['found_files']} .py files ({c['found_bytes']} bytes); wrote "
+        f"{c['train_files']} train files ({c['train_bytes']} bytes), {c['heldout_files']} "
+        f"held-out ({c['heldout_bytes']} bytes) and {c['long_files']} long ({c['long_bytes']} "
+        f"bytes) to {config.out}; skipped {c['duplicates']} duplicates, "
+        f"{c['near_duplicates']} near-duplicates and {c['skipped']} other files; "
+        f"list_hash {manifest['list_hash']}"
     )
     return 0
 
@@ -127,24 +176,41 @@ def run(args) -> int:
 def build_corpus(config: CorpusConfig) -> dict:
     """Collect, deduplicate, split and write the corpus; returns the manifest written."""
     _check(config)
-    candidates, skipped = _collect(config)
+    candidates, skipped, found = _collect(config)
     kept, duplicates = _dedup(candidates)
     kept.sort(key=lambda f: _unit(config.seed, "select", f.sha256))
     if config.max_bytes is not None:
         kept = _take_bytes(kept, config.max_bytes)
     kept.sort(key=lambda f: f.path)
-    for f in kept:
-        f.split = (
-            "heldout"
-            if _unit(config.seed, "split", f.sha256) < config.heldout_fraction
-            else "train"
-        )
+    if config.split_by == "package":
+        _split_by_package(kept, config)
+        short_extension = [f for f in kept if f.split == "long" and f.size < config.long_min_bytes]
+        kept = [f for f in kept if not (f.split == "long" and f.size < config.long_min_bytes)]
+    else:
+        short_extension = []
+        for f in kept:
+            f.split = (
+                "heldout"
+                if _unit(config.seed, "split", f.sha256) < config.heldout_fraction
+                else "train"
+            )
+    near = _near_duplicates(kept, config) if config.near_dup_threshold else set()
+    kept = [f for i, f in enumerate(kept) if i not in near]
     config.out.mkdir(parents=True, exist_ok=True)
     outputs = {
         split: _write_jsonl(config.out / name, [f for f in kept if f.split == split])
-        for split, name in (("train", TRAIN_FILE), ("heldout", HELDOUT_FILE))
+        for split, name in SPLIT_FILES.items()
     }
-    files = [{"path": f.path, "sha256": f.sha256, "bytes": f.size, "split": f.split} for f in kept]
+    files = [
+        {
+            "path": f.path,
+            "package": f.package,
+            "sha256": f.sha256,
+            "bytes": f.size,
+            "split": f.split,
+        }
+        for f in kept
+    ]
     manifest = {
         "format": FORMAT,
         "list_hash": list_hash(files),
@@ -154,8 +220,13 @@ def build_corpus(config: CorpusConfig) -> dict:
         "roots": [str(r) for r in config.roots],
         "settings": {k: v for k, v in asdict(config).items() if k not in ("out", "roots")},
         "counts": {
+            # The measured volume: every .py file below the roots, outside pruned directories.
+            "found_files": found[0],
+            "found_bytes": found[1],
             "skipped": skipped,
             "duplicates": duplicates,
+            "near_duplicates": len(near),
+            "short_extension_files": len(short_extension),
             **{f"{s}_files": sum(f.split == s for f in kept) for s in outputs},
             **{f"{s}_bytes": sum(f.size for f in kept if f.split == s) for s in outputs},
         },
@@ -175,6 +246,7 @@ def list_hash(files: list[dict]) -> str:
 @dataclass
 class _File:
     path: str  # "<root label>/<path below the root>", stable across machines with the same layout
+    package: str  # top-level package (or lone module) below the root
     text: str
     sha256: str
     size: int
@@ -184,13 +256,23 @@ class _File:
 def _check(config: CorpusConfig) -> None:
     if not 0 <= config.heldout_fraction < 1:
         raise CorpusError(f"--heldout-fraction must be in [0, 1), got {config.heldout_fraction}")
+    if not 0 <= config.long_fraction < 1 - config.heldout_fraction:
+        raise CorpusError(
+            f"--long-fraction must be in [0, 1 - heldout fraction), got {config.long_fraction}"
+        )
+    if config.long_fraction and config.split_by != "package":
+        raise CorpusError("--long-fraction needs --split-by package (the long pool is packages)")
+    if config.near_dup_threshold is not None and not 0 < config.near_dup_threshold <= 1:
+        raise CorpusError(
+            f"--near-dup-threshold must be in (0, 1], got {config.near_dup_threshold}"
+        )
     if config.max_bytes is not None and config.max_bytes < 1:
         raise CorpusError(f"--max-bytes must be positive, got {config.max_bytes}")
     missing = [str(r) for r in config.roots if not Path(r).is_dir()]
     if missing:
         raise CorpusError(f"root(s) {', '.join(missing)} are not directories")
     if config.out.exists() and any(
-        p.name not in (TRAIN_FILE, HELDOUT_FILE, MANIFEST_FILE) and not p.name.startswith(".")
+        p.name not in (*SPLIT_FILES.values(), MANIFEST_FILE) and not p.name.startswith(".")
         for p in config.out.iterdir()
     ):
         raise CorpusError(
@@ -198,9 +280,10 @@ def _check(config: CorpusConfig) -> None:
         )
 
 
-def _collect(config: CorpusConfig) -> tuple[list[_File], int]:
-    """Every acceptable .py file below the roots, and how many were skipped."""
-    files, seen, skipped = [], set(), 0
+def _collect(config: CorpusConfig) -> tuple[list[_File], int, tuple[int, int]]:
+    """Every acceptable .py file below the roots, how many were skipped, and the (files, bytes)
+    of every .py file found."""
+    files, seen, skipped, found = [], set(), 0, [0, 0]
     labels = _root_labels(config.roots)
     for root, label in zip(config.roots, labels):
         root = Path(root).resolve()
@@ -217,20 +300,25 @@ def _collect(config: CorpusConfig) -> tuple[list[_File], int]:
                 if real in seen:
                     continue
                 seen.add(real)
+                found[0] += 1
+                with contextlib.suppress(OSError):
+                    found[1] += path.stat().st_size
                 text = _read(path, name, config)
                 if text is None:
                     skipped += 1
                     continue
                 data = text.encode()
+                rel = path.relative_to(root)
                 files.append(
                     _File(
-                        f"{label}/{path.relative_to(root).as_posix()}",
+                        f"{label}/{rel.as_posix()}",
+                        rel.parts[0].removesuffix(".py"),
                         text,
                         hashlib.sha256(data).hexdigest(),
                         len(data),
                     )
                 )
-    return files, skipped
+    return files, skipped, (found[0], found[1])
 
 
 def _read(path: Path, name: str, config: CorpusConfig) -> str | None:
@@ -272,6 +360,50 @@ def _unit(seed: int, purpose: str, sha256: str) -> float:
     """A number in [0, 1) fixed by the seed, the purpose and the file's content."""
     digest = hashlib.sha256(f"{seed}:{purpose}:{sha256}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _split_by_package(files: list[_File], config: CorpusConfig) -> None:
+    """Sides by package, in a seeded order of package names, each side up to its byte share;
+    an extension package is marked `long` (its short files are dropped by the caller). A
+    package larger than a quarter of a side's share stays in training, so that each side is
+    spread over several packages instead of one large one."""
+    sizes: dict[str, int] = {}
+    for f in files:
+        sizes[f.package] = sizes.get(f.package, 0) + f.size
+    total = sum(sizes.values())
+    quota = {"heldout": config.heldout_fraction * total, "long": config.long_fraction * total}
+    used = {"heldout": 0, "long": 0}
+    side = {}
+    for package in sorted(sizes, key=lambda p: (_unit(config.seed, "split", p), p)):
+        side[package] = "train"
+        for name in ("heldout", "long"):
+            fits = sizes[package] <= quota[name] / 4 and used[name] + sizes[package] <= quota[name]
+            if fits:
+                side[package], used[name] = name, used[name] + sizes[package]
+                break
+    for f in files:
+        f.split = side[f.package]
+
+
+def _near_duplicates(files: list[_File], config: CorpusConfig) -> set[int]:
+    """Indices of files with a near-duplicate on a side of lower SPLIT_RANK."""
+    from .near_dups import MinHashConfig, shadowed, signatures_of
+
+    mh = MinHashConfig(threshold=config.near_dup_threshold, seed=config.seed)
+    if not files:
+        return set()
+    texts = [f.text for f in files]
+    workers = min(os.cpu_count() or 1, 16)
+    if len(texts) < PARALLEL_FROM or workers < 2:
+        signatures = signatures_of(texts, mh)
+    else:  # the whole machine's Python: one process per core, in chunks, order kept
+        from concurrent.futures import ProcessPoolExecutor
+        from functools import partial
+
+        chunks = [texts[i : i + 256] for i in range(0, len(texts), 256)]
+        with ProcessPoolExecutor(workers) as pool:
+            signatures = np.concatenate(list(pool.map(partial(signatures_of, config=mh), chunks)))
+    return shadowed(signatures, [SPLIT_RANK[f.split] for f in files], mh)
 
 
 def _take_bytes(files: list[_File], max_bytes: int) -> list[_File]:

@@ -119,8 +119,17 @@ def token_cross_entropy(
     return torch.where(real, ce.view(targets.shape), 0.0), real
 
 
-def weighted_mean(token_ce: torch.Tensor, real: torch.Tensor, weights: torch.Tensor | None = None) -> WeightedCE:
-    """Reduce per-token CE to ``sum(w * CE) / num_real`` with detached weights (None = all 1)."""
+def weighted_mean(
+    token_ce: torch.Tensor,
+    real: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    num_items: torch.Tensor | int | None = None,
+) -> WeightedCE:
+    """Reduce per-token CE to ``sum(w * CE) / num_real`` with detached weights (None = all 1).
+
+    ``num_items`` replaces ``num_real`` as the loss's divisor: the real targets of a whole
+    optimizer step (all micro-batches and ranks), as Hugging Face's Trainer counts them.
+    """
     if weights is not None and weights.shape != token_ce.shape:
         raise ValueError(f"weights must have the targets' shape {tuple(token_ce.shape)}, got {tuple(weights.shape)}")
     num_targets = real.sum()
@@ -133,7 +142,7 @@ def weighted_mean(token_ce: torch.Tensor, real: torch.Tensor, weights: torch.Ten
         weighted = token_ce * torch.where(real, w, 0.0)
     detached = token_ce.detach()
     return WeightedCE(
-        loss=weighted.sum() / denominator,
+        loss=weighted.sum() / (denominator if num_items is None else num_items),
         ce_mean=detached.sum() / denominator,
         token_ce=detached,
         num_targets=num_targets,

@@ -30,7 +30,7 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--data", required=True, help="prepared dataset directory (tokenweight prepare --out)"
     )
-    parser.add_argument("--scorer-url", required=True, help="grpc://HOST:PORT[,grpc://HOST2:PORT]")
+    parser.add_argument("--scorer-url", required=True, help="grpc://HOST:PORT[,grpc://HOST2:PORT], dns:///NAME:PORT or ipv4:A:PORT,B:PORT")
     parser.add_argument("--out", required=True, help="score store directory (resumed if it exists)")
     parser.add_argument("--scorer", help="scorer name on the server (default: the server's default)")
     parser.add_argument("--window", type=int, help="short-context window k (default: the scorer's)")

@@ -180,9 +180,9 @@ def load_tokenizer(path, eos_token: str | None = None) -> DocumentTokenizer:
                 "special tokens) or give the tokenizer's directory with tokenizer_config.json"
             )
     elif path.is_dir():
-        from transformers import AutoTokenizer
+        from tokenweight.service.loading import load_hf_tokenizer
 
-        hf = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        hf = load_hf_tokenizer(path)
         backend = getattr(hf, "backend_tokenizer", None)
         if backend is None:
             raise PrepareError(

@@ -1,4 +1,5 @@
-"""Score sources: where each micro-batch's `logp_long` and `logp_short` come from (DESIGN §1).
+"""Score sources: where each micro-batch's `logp_long` and `logp_short` come from
+(docs/DESIGN.md §1.3).
 
 | source        | logp_short                         | logp_long                    |
 |---------------|------------------------------------|------------------------------|
@@ -8,11 +9,12 @@
 | `precomputed` | score store                        | score store, or the forward  |
 
 A source turns the rank's batch stream into `(batch, BatchScores)` pairs; an array left None
-is the trainer's to fill from its own model. Remote scores are requested `depth` batches
+is filled by `OwnScores` from the model being trained. Remote scores are requested `depth` batches
 ahead, so the scorer works while the trainer steps, and every pair is checked to belong
 together before it is handed out: a batch is never trained with another batch's scores.
 """
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -25,11 +27,12 @@ from torch import nn
 from tokenweight.client.grpc_client import ScorerClient
 from tokenweight.client.prefetch import BatchScoringError, Prefetcher
 from tokenweight.client.retry import RetryPolicy
-from tokenweight.service.chunking import check_window, default_stride
-from tokenweight.service.engine import Outputs, ScoreJob, compute_logprobs
+from tokenweight.service.chunking import check_window, default_stride, share_whole_prefix
+from tokenweight.service.engine import Outputs, ScoreJob, compute_logprobs, default_options
 from tokenweight.service.logprobs import ForwardOptions
 
 from .data import Batch, batch_token_hash
+from .parallel import unshard_root
 from .score_store import ScoreStore
 
 log = logging.getLogger("tokenweight.trainer")
@@ -274,3 +277,52 @@ def make_source(cfg, shards):
         depth=cfg.prefetch_depth,
         retry_for=cfg.scorer_retry_for,
     )
+
+
+@dataclass
+class OwnScores:
+    """The arrays a score source leaves None, from the model being trained.
+
+    `logp_long` is this step's own per-token CE (no second pass through the layers or the
+    LM head); `logp_short` comes from no-grad chunk passes of the live model (`self`), with
+    the `window`/`stride` and engine options of that source.
+    """
+
+    model: torch.nn.Module  # the parallel wrapper
+    lm: torch.nn.Module  # the Hugging Face model inside it
+    window: int | None
+    stride: int | None
+    options: ForwardOptions
+
+    @classmethod
+    def for_source(cls, source, cfg, model, lm, seq_len: int, device) -> "OwnScores":
+        window, stride = (None, None)
+        if source.short_from_model:
+            window, stride = self_window(cfg.window, cfg.stride)
+            if window >= seq_len:
+                log.warning(
+                    "--window %d >= --seq-len %d: every short context is the whole prefix, so "
+                    "all contrasts are 0 and the weights uniform",
+                    window,
+                    seq_len,
+                )
+        options = default_options(device)
+        if cfg.self_token_budget:
+            options = dataclasses.replace(options, token_budget=cfg.self_token_budget)
+        return cls(model, lm, window, stride, options)
+
+    @torch.no_grad()
+    def losses(self, scores: BatchScores, model_ce, tokens) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss_long, loss_short) = -logp per target, [B, T-1] fp32; `model_ce` is the
+        training forward's detached per-token CE."""
+        device = tokens.device
+        if scores.logp_long is not None:
+            loss_long = -torch.as_tensor(scores.logp_long, device=device)
+        else:
+            loss_long = model_ce.float()
+        if scores.logp_short is not None:
+            return loss_long, -torch.as_tensor(scores.logp_short, device=device)
+        unshard_root(self.model)
+        loss_short = -self_logp_short(self.lm, tokens, self.window, self.stride, self.options)
+        share_whole_prefix(loss_short, loss_long, self.window)
+        return loss_long, loss_short

@@ -1,8 +1,9 @@
 """The training loop: `torchrun --nproc-per-node N -m tokenweight.trainer ...`.
 
-Read top to bottom: set up data, model, parallelism, optimizer and scores; resume if asked;
-then each step takes `grad_accum` micro-batches, weights every target token by how much it
-needs long context (DESIGN §1), and optimizes the weighted cross-entropy.
+Read top to bottom: `build` sets up data, model, parallelism, optimizer and scores (resumed
+if asked); `loop` runs the steps, each `optimizer_step` taking `grad_accum` micro-batches
+(`micro_step`) that weight every target token by how much it needs long context
+(docs/DESIGN.md §1) and optimize the weighted cross-entropy.
 """
 
 import contextlib
@@ -21,8 +22,6 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
 from tokenweight.service.blocks import compile_blocks
-from tokenweight.service.engine import default_options
-from tokenweight.service.logprobs import ForwardOptions
 
 from . import checkpoint
 from . import metrics_log as m
@@ -30,9 +29,9 @@ from .args import TrainConfig, parse_args
 from .data import Batch, RankBatches, TokenShards, batch_token_hash
 from .loss import token_cross_entropy, weighted_mean
 from .model import HiddenStates, apply_activation_checkpointing, load_model
-from .parallel import Dist, all_reduce, gradient_sync, init_distributed, parallelize, unshard_root
-from .scores import BatchScores, make_source, self_logp_short, self_window
-from .weighting import compute_weights
+from .parallel import Dist, all_reduce, gradient_sync, init_distributed, parallelize
+from .scores import OwnScores, make_source
+from .weighting import WeightingConfig, compute_weights
 
 log = logging.getLogger("tokenweight.trainer")
 
@@ -48,6 +47,53 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(cfg: TrainConfig, d: Dist) -> None:
+    run = build(cfg, d)
+    try:
+        loop(run)
+    finally:
+        run.close()
+    if run.step < cfg.max_steps:
+        log.info("stopped at step %d of %d; continue with --resume auto", run.step, cfg.max_steps)
+        return
+    out = Path(cfg.out) / "model"
+    checkpoint.export_model(run.model, run.lm, cfg.model, out, d)
+    log.info("done: %d steps; Hugging Face checkpoint in %s", run.step, out)
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything a training run holds between steps; `build` makes it, `loop` drives it."""
+
+    cfg: TrainConfig
+    d: Dist
+    out: Path
+    seq_len: int
+    order: RankBatches
+    lm: torch.nn.Module  # the Hugging Face model
+    model: torch.nn.Module  # its parallel wrapper, returning hidden states
+    head: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: LambdaLR
+    weighting: WeightingConfig
+    tie_breaks: torch.Generator
+    source: object
+    stream: Iterator
+    own: OwnScores
+    autocast: contextlib.AbstractContextManager
+    metrics: m.MetricsLog | None
+    bar: tqdm
+    step: int = 0
+
+    def close(self) -> None:
+        self.stream.close()
+        self.source.close()
+        self.bar.close()
+        if self.metrics:
+            self.metrics.close()
+
+
+def build(cfg: TrainConfig, d: Dist) -> Run:
+    """Data, model, parallelism, optimizer and scores, resumed from a checkpoint if asked."""
     _setup_logging(d)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -71,7 +117,6 @@ def train(cfg: TrainConfig, d: Dist) -> None:
     model = parallelize(
         HiddenStates(lm), cfg.parallel, d, torch.bfloat16 if cfg.bf16_params else None
     )
-    head = lm.get_output_embeddings()
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=cfg.lr,
@@ -79,7 +124,6 @@ def train(cfg: TrainConfig, d: Dist) -> None:
         fused=True if cfg.fused_optimizer else None,
     )
     scheduler = LambdaLR(optimizer, _lr_factor(cfg))
-    weighting = cfg.weighting_config()
     # Sparsification breaks ties at random; one generator per rank, carried across steps
     # (and checkpoints), as the released code's global RNG is.
     tie_breaks = torch.Generator().manual_seed(cfg.seed + d.rank)
@@ -97,20 +141,7 @@ def train(cfg: TrainConfig, d: Dist) -> None:
 
     source = make_source(cfg, shards)
     stream = source.scored(_batches(order, seq_len))
-    window, stride = (None, None)
-    if source.short_from_model:
-        window, stride = self_window(cfg.window, cfg.stride)
-        if window >= seq_len:
-            log.warning(
-                "--window %d >= --seq-len %d: every short context is the whole prefix, so all "
-                "contrasts are 0 and the weights uniform",
-                window,
-                seq_len,
-            )
-    options = default_options(d.device)
-    if cfg.self_token_budget:
-        options = dataclasses.replace(options, token_budget=cfg.self_token_budget)
-    own = _OwnScores(model, lm, window, stride, options)
+    own = OwnScores.for_source(source, cfg, model, lm, seq_len, d.device)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if d.device.type == "cuda"
@@ -127,108 +158,111 @@ def train(cfg: TrainConfig, d: Dist) -> None:
         f"{cfg.batch_size} sequences x {cfg.grad_accum} micro-batches of {seq_len} tokens, "
         f"{cfg.parallel}, weighting {cfg.weighting}, scores {cfg.score_source or 'none'}"
     )
+    return Run(
+        cfg, d, out, seq_len, order, lm, model, lm.get_output_embeddings(), optimizer,
+        scheduler, cfg.weighting_config(), tie_breaks, source, stream, own, autocast, metrics,
+        bar, step,
+    )
 
-    try:
-        while step < (cfg.stop_at or cfg.max_steps):
-            step += 1
-            started = time.perf_counter()
-            stats = _StepStats(d.device)
-            for micro in range(cfg.grad_accum):
-                waited = time.perf_counter()
-                batch, scores = next(stream)
-                stats.scorer_wait += time.perf_counter() - waited
-                tokens = torch.as_tensor(batch.tokens, device=d.device)
-                targets = tokens[:, 1:]
-                with gradient_sync(model, enabled=micro == cfg.grad_accum - 1):
-                    with autocast:
-                        hidden = model(tokens[:, :-1])
-                        # Per-token CE first: in `hybrid`/`self` it is loss_long itself, so
-                        # the weights come from the same LM-head pass the loss backpropagates.
-                        token_ce, real = token_cross_entropy(
-                            hidden,
-                            head,
-                            targets,
-                            chunk_size=cfg.loss_chunk_size,
-                            compiled=cfg.compile_loss,
-                            recompute=cfg.loss_recompute,
-                        )
-                        weights = loss_long = loss_short = None
-                        if cfg.needs_scores:
-                            loss_long, loss_short = own.losses(scores, token_ce.detach(), tokens)
-                            weights = compute_weights(
-                                loss_long, loss_short, weighting, generator=tie_breaks
-                            )
-                        result = weighted_mean(token_ce, real, weights)
-                    (result.loss / cfg.grad_accum).backward()
-                stats.add(result, weights)
-                if cfg.dump_weights:
-                    name = f"step{step:06d}_micro{micro}_rank{d.rank}.npz"
-                    dump = Path(cfg.dump_weights) / name
-                    _dump(dump, batch, result, weights, loss_long, loss_short)
-                order.step = batch.step + 1  # the data position a checkpoint resumes at
 
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                model.parameters(), cfg.max_grad_norm or float("inf")
+def loop(run: Run) -> None:
+    """Steps until --stop-at or --max-steps, checkpointing where asked and at the end."""
+    cfg = run.cfg
+    while run.step < (cfg.stop_at or cfg.max_steps):
+        run.step += 1
+        record = optimizer_step(run)
+        if run.metrics:
+            run.metrics.log(record)
+        run.bar.update(1)
+        run.bar.set_postfix(loss=f"{record[m.LOSS]:.4f}", wait=f"{record[m.SCORER_WAIT_S]:.2f}s")
+        if run.step in (cfg.max_steps, cfg.stop_at) or (
+            cfg.save_every and run.step % cfg.save_every == 0
+        ):
+            save(run)
+
+
+def optimizer_step(run: Run) -> dict:
+    """`grad_accum` micro-batches, then one optimizer step; returns the step's metrics."""
+    cfg, d = run.cfg, run.d
+    started = time.perf_counter()
+    stats = _StepStats(d.device)
+    for micro in range(cfg.grad_accum):
+        micro_step(run, micro, stats)
+
+    grad_norm = torch.nn.utils.clip_grad_norm_(
+        run.model.parameters(), cfg.max_grad_norm or float("inf")
+    )
+    lr = run.optimizer.param_groups[0]["lr"]
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+
+    record = stats.reduce(cfg.grad_accum, d.world_size)
+    step_time = time.perf_counter() - started
+    tokens = cfg.grad_accum * cfg.batch_size * run.seq_len * d.world_size
+    record.update(
+        {
+            m.STEP: run.step,
+            m.LR: lr,
+            "grad_norm": _full(grad_norm),
+            m.TOKENS_PER_S: tokens / step_time,
+            "step_time_s": step_time,
+        }
+    )
+    if d.device.type == "cuda":
+        # The allocator's own counter: no device sync.
+        record[m.PEAK_MEM_GIB] = torch.cuda.max_memory_allocated(d.device) / 2**30
+    return record
+
+
+def micro_step(run: Run, micro: int, stats: "_StepStats") -> None:
+    """Forward and backward of one micro-batch with its weighted loss."""
+    cfg = run.cfg
+    waited = time.perf_counter()
+    batch, scores = next(run.stream)
+    stats.scorer_wait += time.perf_counter() - waited
+    tokens = torch.as_tensor(batch.tokens, device=run.d.device)
+    targets = tokens[:, 1:]
+    with gradient_sync(run.model, enabled=micro == cfg.grad_accum - 1):
+        with run.autocast:
+            hidden = run.model(tokens[:, :-1])
+            # Per-token CE first: in `hybrid`/`self` it is loss_long itself, so the weights
+            # come from the same LM-head pass the loss backpropagates.
+            token_ce, real = token_cross_entropy(
+                hidden,
+                run.head,
+                targets,
+                chunk_size=cfg.loss_chunk_size,
+                compiled=cfg.compile_loss,
+                recompute=cfg.loss_recompute,
             )
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-
-            record = stats.reduce(cfg.grad_accum, d.world_size)
-            step_time = time.perf_counter() - started
-            record.update(
-                {
-                    m.STEP: step,
-                    m.LR: lr,
-                    "grad_norm": _full(grad_norm),
-                    m.TOKENS_PER_S: cfg.grad_accum
-                    * cfg.batch_size
-                    * seq_len
-                    * d.world_size
-                    / step_time,
-                    "step_time_s": step_time,
-                }
-            )
-            if d.device.type == "cuda":
-                # The allocator's own counter: no device sync.
-                record[m.PEAK_MEM_GIB] = torch.cuda.max_memory_allocated(d.device) / 2**30
-            if metrics:
-                metrics.log(record)
-            bar.update(1)
-            bar.set_postfix(loss=f"{record[m.LOSS]:.4f}", wait=f"{record[m.SCORER_WAIT_S]:.2f}s")
-
-            if step in (cfg.max_steps, cfg.stop_at) or (
-                cfg.save_every and step % cfg.save_every == 0
-            ):
-                trainer_state = {
-                    "step": step,
-                    "scheduler": scheduler.state_dict(),
-                    "data": order.state_dict(),
-                    "rng": checkpoint.rng_state(d.device),
-                    "tie_breaks": tie_breaks.get_state(),
-                }
-                checkpoint.save(
-                    checkpoint.step_dir(out, step),
-                    model,
-                    optimizer,
-                    trainer_state,
-                    d,
-                    {"step": step, "config": cfg.to_dict()},
+            weights = loss_long = loss_short = None
+            if cfg.needs_scores:
+                loss_long, loss_short = run.own.losses(scores, token_ce.detach(), tokens)
+                weights = compute_weights(
+                    loss_long, loss_short, run.weighting, generator=run.tie_breaks
                 )
-                log.info("saved checkpoint %s", checkpoint.step_dir(out, step))
-    finally:
-        stream.close()
-        source.close()
-        bar.close()
-        if metrics:
-            metrics.close()
+            result = weighted_mean(token_ce, real, weights)
+        (result.loss / cfg.grad_accum).backward()
+    stats.add(result, weights)
+    if cfg.dump_weights:
+        name = f"step{run.step:06d}_micro{micro}_rank{run.d.rank}.npz"
+        _dump(Path(cfg.dump_weights) / name, batch, result, weights, loss_long, loss_short)
+    run.order.step = batch.step + 1  # the data position a checkpoint resumes at
 
-    if step < cfg.max_steps:
-        log.info("stopped at step %d of %d; continue with --resume auto", step, cfg.max_steps)
-        return
-    checkpoint.export_model(model, lm, cfg.model, out / "model", d)
-    log.info("done: %d steps; Hugging Face checkpoint in %s", step, out / "model")
+
+def save(run: Run) -> None:
+    trainer_state = {
+        "step": run.step,
+        "scheduler": run.scheduler.state_dict(),
+        "data": run.order.state_dict(),
+        "rng": checkpoint.rng_state(run.d.device),
+        "tie_breaks": run.tie_breaks.get_state(),
+    }
+    where = checkpoint.step_dir(run.out, run.step)
+    meta = {"step": run.step, "config": run.cfg.to_dict()}
+    checkpoint.save(where, run.model, run.optimizer, trainer_state, run.d, meta)
+    log.info("saved checkpoint %s", where)
 
 
 def _batches(order: RankBatches, seq_len: int) -> Iterator[Batch]:
@@ -236,40 +270,6 @@ def _batches(order: RankBatches, seq_len: int) -> Iterator[Batch]:
     for data_step in itertools.count(order.step):
         batch = order.batch_at(data_step)
         yield dataclasses.replace(batch, tokens=batch.tokens[:, :seq_len])
-
-
-@dataclasses.dataclass
-class _OwnScores:
-    """The arrays a score source leaves None, from the model being trained.
-
-    `logp_long` is this step's own per-token CE (no second pass through the layers or the
-    LM head); `logp_short` comes from no-grad chunk passes of the live model (`self`), with
-    the `window`/`stride` and engine options of that source.
-    """
-
-    model: torch.nn.Module  # the parallel wrapper
-    lm: torch.nn.Module  # the Hugging Face model inside it
-    window: int | None
-    stride: int | None
-    options: ForwardOptions
-
-    @torch.no_grad()
-    def losses(self, scores: BatchScores, model_ce, tokens) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss_long, loss_short) = -logp per target, [B, T-1] fp32; `model_ce` is the
-        training forward's detached per-token CE."""
-        device = tokens.device
-        if scores.logp_long is not None:
-            loss_long = -torch.as_tensor(scores.logp_long, device=device)
-        else:
-            loss_long = model_ce.float()
-        if scores.logp_short is not None:
-            return loss_long, -torch.as_tensor(scores.logp_short, device=device)
-        unshard_root(self.model)
-        loss_short = -self_logp_short(self.lm, tokens, self.window, self.stride, self.options)
-        # Targets t < window: the short context is the whole prefix and one model plays both
-        # parts, so the short prediction is the long one and the contrast exactly 0.
-        loss_short[:, : self.window - 1] = loss_long[:, : self.window - 1]
-        return loss_long, loss_short
 
 
 class _StepStats:

@@ -1,4 +1,4 @@
-"""Turn per-token long/short-context losses into loss weights (DESIGN.md §1, "Postprocessing").
+"""Turn per-token long/short-context losses into loss weights (docs/DESIGN.md §1.2).
 
 The pipeline mirrors ``ShortLongLoss.calculate_weights`` of the paper's released code
 (UKPLab/naacl2025-token-weighting) and applies, in this order:
@@ -31,7 +31,7 @@ NORMALIZATIONS = ("L1", "softmax")
 # The released code adds this to both losses before dividing, so a zero loss cannot divide by 0.
 _QUOTIENT_EPS = 1e-5
 
-# Preset name -> its parameters and their defaults (DESIGN.md §1 table).
+# Preset name -> its parameters and their defaults (docs/DESIGN.md §1.2, the presets table).
 PRESET_PARAMS: Mapping[str, Mapping[str, float]] = {
     "uniform": {},
     "dense": {"lam": 0.75},
@@ -139,7 +139,7 @@ class WeightingConfig:
 
     @classmethod
     def from_preset(cls, name: str, *, seed: int = 42, **params: float) -> WeightingConfig:
-        """A named loss variant of the paper (DESIGN.md §1 table).
+        """A named loss variant of the paper (docs/DESIGN.md §1.2, the presets table).
 
         ``uniform``; ``dense(lam=0.75)``; ``sparse(kappa=0.2)``; ``longce(gamma=5.0)``;
         ``ppmi(c=2.0, kappa=0.2)``; ``npmi(c=2.0, kappa=0.2)``. Unknown names, unknown

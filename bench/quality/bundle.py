@@ -11,12 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenweight.bundled import INFO_FILE, MAX_BYTES, SNIPPET_FILE, bundle_bytes, repeat_contrast
+from tokenweight.bundled import INFO_FILE, MAX_BYTES, SNIPPET_FILE, bundle_bytes
+from tokenweight.trainer.evals.repeat_contrast import repeat_contrast
 from tokenweight.trainer.evals.identifiers import long_range_repeats
 from tokenweight.trainer.prepare import load_tokenizer
 
-from jobs import PipelineError
-from profiles import ARMS
+from .jobs import PipelineError
+from .profiles import ARMS
 
 CARD_TEMPLATE = Path(__file__).with_name("MODEL_CARD.md")
 
@@ -90,7 +91,7 @@ def pick_snippet(heldout: Path, tokenizer_dir: Path, window: int, seq_len: int) 
 
 
 def _card(ctx, name: str, model, prop: dict, manifest: dict, out: Path) -> str:
-    import report
+    from . import report
 
     p = ctx.profile
     arm = next(a for a in ARMS if a.name == p.bundle_arm)
@@ -133,7 +134,7 @@ def _card(ctx, name: str, model, prop: dict, manifest: dict, out: Path) -> str:
 def training_commands(ctx, name: str) -> str:
     """The pretraining and extension commands of run `name`, from the pipeline's command log,
     with the working directory written as WORK and the interpreter as `python`."""
-    import report
+    from . import report
 
     wanted = ("pretrain", f"extend-{name}")
     logged = {c["name"]: c["argv"] for c in report.read_jsonl(ctx.path("commands.jsonl"))}

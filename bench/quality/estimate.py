@@ -10,8 +10,8 @@ small fraction of the H200's ~700 TFLOP/s bf16 peak. Each job also pays a fixed 
 
 from types import SimpleNamespace
 
-from common import forward_flops
-from profiles import ARMS, Profile
+from ..common import forward_flops
+from .profiles import ARMS, Profile
 
 ASSUMED_TFLOPS = 100.0  # sustained per GPU for a ~10M-parameter model; measure and adjust
 STARTUP_S = 30.0  # per job: interpreter, imports, model load, first-step warm-up
@@ -19,19 +19,24 @@ TASKS = 3
 CHOICES = 4
 
 
-def _config(p: Profile) -> SimpleNamespace:
-    return SimpleNamespace(**vars(p.shape), vocab_size=p.vocab_size)
+def forward(shape, vocab_size: int, length: int) -> float:
+    """Matmul FLOPs of one causal forward of `length` tokens through a model of `shape`."""
+    return forward_flops(SimpleNamespace(**vars(shape), vocab_size=vocab_size), length, length)
+
+
+def scoring(shape, vocab_size: int, window: int, long_len: int, stride: int | None = None) -> float:
+    """Short-context passes for one long sequence (window k, stride s, default 3k/4)."""
+    k, s = window, stride or (3 * window) // 4
+    chunks = -(-(long_len - k) // s)
+    return forward(shape, vocab_size, k) * (1 + chunks)
 
 
 def _forward(p: Profile, length: int) -> float:
-    return forward_flops(_config(p), length, length)
+    return forward(p.shape, p.vocab_size, length)
 
 
 def _scoring(p: Profile) -> float:
-    """Short-context passes for one long sequence (window k, stride 3k/4)."""
-    k, s = p.short_len, (3 * p.short_len) // 4
-    chunks = -(-(p.long_len - k) // s)
-    return _forward(p, k) * (1 + chunks)
+    return scoring(p.shape, p.vocab_size, p.short_len, p.long_len)
 
 
 def stage_flops(p: Profile, seeds: int) -> dict[str, tuple[float, int]]:

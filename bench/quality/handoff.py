@@ -10,7 +10,7 @@ at most PART_BYTES, holding
   back in `--work`);
 - `repo/`: the report's files that live in the repository (docs/RESULTS.md,
   docs/results/*.png, bench/results/quality_*.json).
-`python bench/quality/pipeline.py unpack FILES_AT` extracts `work/` into --work and `repo/`
+`python -m bench.quality.pipeline unpack --source FILES_AT` extracts `work/` into --work and `repo/`
 into the checkout.
 """
 
@@ -20,35 +20,51 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from jobs import PipelineError
+from .jobs import PipelineError
 
 PART_BYTES = 15 * 2**20
 MAX_PARTS = 8
 PREFIX = "export.tar."
 SMALL_SUFFIXES = (".json", ".jsonl", ".log", ".txt")
-SKIP_PARTS = ("checkpoints", "shards-short", "shards-long", "init", "scorer")  # big, or rebuilt
+SKIP_PARTS = (
+    "checkpoints",
+    "shards-short",
+    "shards-long",
+    "init",
+    "scorer",
+    "carried",
+)  # big, or rebuilt
 EXPORTABLE_MODELS = {"pretrain": ("pretrain", "model"), "judge": ("extend", "judge", "model")}
 
 
-def export(ctx, repo: Path, dest: Path, models: list[str]) -> list[Path]:
+def first_run_export(ctx, repo: Path, dest: Path, models: list[str]) -> list[Path]:
+    """The first replication's export: its results JSON, RESULTS.md and plots in the checkout."""
+    chosen = {
+        Path(*EXPORTABLE_MODELS[m]).as_posix(): ctx.path(*EXPORTABLE_MODELS[m]) for m in models
+    }
+    return export(ctx.work, [ctx.results, ctx.doc, ctx.plots], repo, dest, chosen)
+
+
+def export(
+    work: Path, repo_paths: list[Path], repo: Path, dest: Path, models: dict[str, Path]
+) -> list[Path]:
+    """`work`'s small files, `models` (name in the tar -> checkpoint, in bf16) and the
+    `repo_paths` (files or folders inside the checkout) as export.tar.NN parts in `dest`."""
     dest.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for path in sorted(ctx.work.rglob("*")):
-            rel = path.relative_to(ctx.work)
+        for path in sorted(work.rglob("*")):
+            rel = path.relative_to(work)
             if path.is_file() and _small(rel):
                 tar.add(path, f"work/{rel.as_posix()}")
-        for name in models:
-            source = ctx.path(*EXPORTABLE_MODELS[name])
+        for name, source in models.items():
             if (source / "config.json").is_file():
                 with tempfile.TemporaryDirectory() as tmp:
                     _bf16_copy(source, Path(tmp))
-                    tar.add(tmp, f"work/{Path(*EXPORTABLE_MODELS[name]).as_posix()}")
-        for path in (ctx.results, ctx.doc):
-            if path.is_file() and path.resolve().is_relative_to(repo):
+                    tar.add(tmp, f"work/{name}")
+        for path in repo_paths:
+            if path.exists() and path.resolve().is_relative_to(repo):
                 tar.add(path, f"repo/{path.resolve().relative_to(repo).as_posix()}")
-        if ctx.plots.is_dir() and ctx.plots.resolve().is_relative_to(repo):
-            tar.add(ctx.plots, f"repo/{ctx.plots.resolve().relative_to(repo).as_posix()}")
     data = buffer.getvalue()
     parts = [data[i : i + PART_BYTES] for i in range(0, len(data), PART_BYTES)]
     if len(parts) > MAX_PARTS:

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import child_env, serve
+from ..common import child_env, serve
 
 # -P: the repo root (the working directory) must not shadow the installed or shimmed package.
 TOKENWEIGHT = [sys.executable, "-P", "-m", "tokenweight.cli"]
@@ -126,6 +126,32 @@ def scorer_server(model: Path, window: int, device: str):
             proc.wait(120)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def record_environment(path: Path, devices: list[str], repo: Path) -> None:
+    """What ran the pipeline: versions, devices, platform, commit and command line."""
+    import platform
+
+    import torch
+    import transformers
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    env = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "devices": [torch.cuda.get_device_name(int(d)) for d in devices if d != "cpu"] or ["cpu"],
+        "platform": platform.platform(),
+        "date": time.strftime("%Y-%m-%d"),
+        "commit": commit,
+        "command": " ".join(sys.argv),
+    }
+    path.write_text(json.dumps(env, indent=2) + "\n")
 
 
 def _tail(path: Path, lines: int = 30) -> str:

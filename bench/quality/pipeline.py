@@ -1,10 +1,19 @@
 """The quality pipeline: corpus -> tokenizer -> shards -> pretrain at short context -> extend
 every arm 8x longer -> eval -> report -> bundle, with the project's own commands.
 
-    python bench/quality/pipeline.py all --profile smoke --work /tmp/tw-smoke     # CPU, minutes
-    python bench/quality/pipeline.py part1 --profile h200 --export "$OUT"         # see docs/RESULTS.md
-    python bench/quality/pipeline.py unpack --source FILES_AT                     # here, between calls
-    python bench/quality/pipeline.py estimate --profile h200 --gpus 1             # expected times
+The second replication (profiles `block`, `block-smoke`; see block_pipeline.py):
+
+    python -m bench.quality.pipeline pilot --profile block-smoke --work /tmp/tw-bs      # CPU
+    python -m bench.quality.pipeline block --block 1 --profile block-smoke --work /tmp/tw-bs
+    python -m bench.quality.pipeline pilot-a --profile block --export "$OUT"  # docs/RESULTS.md
+    python -m bench.quality.pipeline estimate --profile block --tflops 60
+
+The first, smaller replication (profiles `h200`, `smoke`):
+
+    python -m bench.quality.pipeline all --profile smoke --work /tmp/tw-smoke     # CPU, minutes
+    python -m bench.quality.pipeline part1 --profile h200 --export "$OUT"         # see docs/RESULTS.md
+    python -m bench.quality.pipeline unpack --source FILES_AT                     # here, between calls
+    python -m bench.quality.pipeline estimate --profile h200 --gpus 1             # expected times
 
 Stages skip what is already done in --work, so the same command continues a run that a time
 limit cut off. `all` runs every stage in order, `part1` and `part2` split them over two
@@ -14,19 +23,18 @@ device calls (see handoff.py); stage names may also be given one by one.
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(1, str(REPO / "bench"))  # the benchmarks' shared helpers (common.py)
+from . import block_estimate, block_pipeline, handoff
+from . import estimate as estimate_module
+from .block_profiles import BLOCK_PROFILES
+from .jobs import PipelineError, Runner, record_environment
+from .profiles import ARMS, PROFILES
+from .stages import STAGES, Context
 
-import estimate as estimate_module  # noqa: E402
-import handoff  # noqa: E402
-from jobs import PipelineError, Runner  # noqa: E402
-from profiles import ARMS, PROFILES  # noqa: E402
-from stages import STAGES, Context  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 ORDER = list(STAGES)
 REPORTING = {"report", "bundle"}  # stages that only read what the others computed
@@ -44,11 +52,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "stages",
         nargs="+",
-        choices=[*GROUPS, "estimate", "unpack", *ORDER],
+        choices=sorted(
+            {*GROUPS, "estimate", "unpack", *ORDER, *block_pipeline.GROUPS, "report"}
+            | set(block_pipeline.STAGE_NAMES)
+        ),
         metavar="STAGE",
-        help=f"{', '.join(GROUPS)}, estimate, unpack, or some of: {', '.join(ORDER)}",
+        help=f"{', '.join(GROUPS)}, estimate, unpack, or some of: {', '.join(ORDER)}; for the "
+        f"block profiles: {', '.join(block_pipeline.GROUPS)}, report, or stages by name",
     )
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="h200")
+    parser.add_argument("--profile", choices=sorted({*PROFILES, *BLOCK_PROFILES}), default="h200")
+    parser.add_argument("--block", type=int, help="block profiles: the block's number and seed")
     parser.add_argument("--work", help="working directory (default runs/quality/PROFILE)")
     parser.add_argument(
         "--seeds", type=int, nargs="+", help="extension seeds (default: the profile's)"
@@ -92,6 +105,17 @@ def main(argv: list[str] | None = None) -> int:
         help="estimate: sustained bf16 TFLOP/s per GPU assumed",
     )
     args = parser.parse_args(argv)
+    if args.profile in BLOCK_PROFILES:
+        if args.stages == ["estimate"]:
+            print(block_estimate.table(BLOCK_PROFILES[args.profile], args.tflops))
+            return 0
+        if args.stages == ["unpack"]:
+            if not args.source:
+                parser.error("unpack needs --source FOLDER")
+            work = Path(args.work or REPO / "runs" / "quality" / args.profile).resolve()
+            handoff.unpack(Path(args.source), work, REPO)
+            return 0
+        return block_pipeline.run(args, REPO)
     profile = PROFILES[args.profile]
 
     if args.stages == ["estimate"]:
@@ -110,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     # The machine that computes, not one that only re-reports, is the run's record.
     computing = bool(set(stages) - REPORTING)
     if computing:
-        _record_environment(ctx)
+        record_environment(ctx.path("environment.json"), ctx.runner.devices, REPO)
     try:
         for name in stages:
             started = time.time()
@@ -133,11 +157,11 @@ def main(argv: list[str] | None = None) -> int:
             if (
                 args.export
             ):  # after every stage: a call killed at its time limit still returns its progress
-                handoff.export(ctx, REPO, Path(args.export), args.export_models)
+                handoff.first_run_export(ctx, REPO, Path(args.export), args.export_models)
     except PipelineError as exc:
         print(f"pipeline: {exc}", file=sys.stderr)
         if args.export:
-            handoff.export(ctx, REPO, Path(args.export), args.export_models)
+            handoff.first_run_export(ctx, REPO, Path(args.export), args.export_models)
         return 1
     print("pipeline: done", flush=True)
     return 0
@@ -185,35 +209,6 @@ def _context(args, profile) -> Context:
 
 def _work(args, profile) -> Path:
     return Path(args.work or REPO / "runs" / "quality" / profile.name).resolve()
-
-
-def _record_environment(ctx: Context) -> None:
-    import platform
-
-    import torch
-    import transformers
-
-    env = {
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "devices": [torch.cuda.get_device_name(int(d)) for d in ctx.runner.devices if d != "cpu"]
-        or ["cpu"],
-        "platform": platform.platform(),
-        "date": time.strftime("%Y-%m-%d"),
-        "commit": _git_commit(),
-        "command": " ".join(sys.argv),
-    }
-    ctx.path("environment.json").write_text(json.dumps(env, indent=2) + "\n")
-
-
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 if __name__ == "__main__":

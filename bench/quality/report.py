@@ -25,9 +25,9 @@ from tokenweight.trainer.evals.stats import (
     summarize,
 )
 
-import plots
-from jobs import PipelineError
-from profiles import ARMS
+from . import plots
+from .jobs import PipelineError
+from .profiles import ARMS
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 BASE = "base"  # the pretrained model read at the long context, without extension

@@ -13,8 +13,8 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs import TOKENWEIGHT, TORCHRUN, Job, PipelineError, Runner, flags, scorer_server
-from profiles import JUDGE, Arm, Profile, Training
+from .jobs import TOKENWEIGHT, TORCHRUN, Job, PipelineError, Runner, flags, scorer_server
+from .profiles import JUDGE, Arm, Profile, Training
 
 
 @dataclass
@@ -101,25 +101,31 @@ def prepare(ctx: Context) -> None:
 
 def init(ctx: Context) -> None:
     """The random-weight starting checkpoint, shaped by the profile."""
-    out = ctx.path("init")
+    p = ctx.profile
+    write_init(ctx.path("init"), ctx.path("tokenizer"), p.shape, p.short_len, p.rope_theta, 0)
+
+
+def write_init(
+    out: Path, tokenizer: Path, shape, max_positions: int, rope_theta: float, seed: int
+) -> None:
+    """A random-weight Llama of `shape` (tied embeddings) with its tokenizer, unless written."""
     if (out / "config.json").is_file():
         return
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(ctx.path("tokenizer"), local_files_only=True)
-    p = ctx.profile
+    tok = AutoTokenizer.from_pretrained(tokenizer, local_files_only=True)
     config = LlamaConfig(
         vocab_size=len(tok),
-        **vars(p.shape),
-        max_position_embeddings=p.short_len,
-        rope_parameters={"rope_type": "default", "rope_theta": p.rope_theta},
+        **vars(shape),
+        max_position_embeddings=max_positions,
+        rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
         tie_word_embeddings=True,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(out)
     tok.save_pretrained(out)
 
@@ -131,10 +137,10 @@ def pretrain(ctx: Context) -> None:
     world = len(ctx.runner.devices) if ctx.device == "cuda" else 1
     p = ctx.profile
     init, data = ctx.path("init"), ctx.path("shards-short")
-    argv = _trainer(ctx, world, init, data, out, p.pretrain, p.short_len, seed=0)
+    argv = trainer_argv(ctx, world, init, data, out, p.pretrain, p.short_len, seed=0)
     argv += flags(weighting="uniform")
     ctx.runner.run(Job("pretrain", argv, "pretrain"))
-    _drop_checkpoints(out)
+    drop_checkpoints(out)
 
 
 def scorer(ctx: Context) -> None:
@@ -183,7 +189,7 @@ def _extend_runs(ctx: Context, runs: list[tuple[Arm, int]]) -> None:
         pretrained, data = ctx.path("pretrain", "model"), ctx.path("shards-long")
         for arm, seed in todo:
             out = _extended(ctx, arm, seed).parent.parent
-            argv = _trainer(ctx, 1, pretrained, data, out, p.extend, p.long_len, seed)
+            argv = trainer_argv(ctx, 1, pretrained, data, out, p.extend, p.long_len, seed)
             argv += flags(rope_theta=p.long_rope_theta) + arm.trainer_flags()
             if arm.source:
                 argv += flags(window=p.short_len)
@@ -193,7 +199,7 @@ def _extend_runs(ctx: Context, runs: list[tuple[Arm, int]]) -> None:
             jobs.append(Job(f"extend-{out.name}", argv, "extend"))
         ctx.runner.run_parallel(jobs)
     for arm, seed in todo:
-        _drop_checkpoints(_extended(ctx, arm, seed).parent.parent)
+        drop_checkpoints(_extended(ctx, arm, seed).parent.parent)
 
 
 def evaluate(ctx: Context) -> None:
@@ -228,7 +234,7 @@ def evaluate(ctx: Context) -> None:
 
 
 def report(ctx: Context) -> None:
-    import report as report_module
+    from . import report as report_module
 
     report_module.write_report(ctx)
 
@@ -237,7 +243,7 @@ def bundle(ctx: Context) -> None:
     """Written once, by the call that trained the bundle arm; later calls carry it along."""
     if (ctx.bundle / "config.json").is_file():
         return
-    import bundle as bundle_module
+    from . import bundle as bundle_module
 
     bundle_module.write_bundle(ctx)
 
@@ -257,7 +263,13 @@ STAGES = {
 }
 
 
-def _trainer(
+# On an H200 these took the 30M model from 107-132 to 201-237 TFLOP/s at 512 and 4096 tokens
+# (bench/results/trainer_h200.json); losses equal the plain path's (tests/gpu). --fast is
+# compiled blocks and loss with fused AdamW; the small vocabulary's logits are cheap to keep.
+CUDA_SPEED_FLAGS = ["--fast", "--no-loss-recompute"]
+
+
+def trainer_argv(
     ctx: Context,
     world: int,
     model: Path,
@@ -278,9 +290,7 @@ def _trainer(
     return (
         launch
         + ["--no-activation-checkpointing", "--no-progress"]
-        # The measured speed set (BENCHMARKS.md, trainer): same losses, 1.8x the tokens/s at 4096;
-        # the small vocabulary's logits are cheap to keep for the backward.
-        + (["--fast", "--no-loss-recompute"] if ctx.device == "cuda" else [])
+        + (CUDA_SPEED_FLAGS if ctx.device == "cuda" else [])
         + flags(
             model=model,
             data=data,
@@ -303,6 +313,6 @@ def _extended(ctx: Context, arm: Arm, seed: int) -> Path:
     return ctx.path("extend", run_name(arm, seed), "model", "config.json")
 
 
-def _drop_checkpoints(run_dir: Path) -> None:
+def drop_checkpoints(run_dir: Path) -> None:
     """Once `model/` is exported the resumable state (weights + Adam) is only disk use."""
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)

@@ -8,7 +8,8 @@ document is encoded with the tokenizer's template (BOS first, as in training);
 From prepared shards (token rows, no text): rows cut to `seq_len` and `window`; rows cross
 document boundaries, so positions are positions in the row, and there is no text for the
 identifier diagnostic or for filler.
-A seeded sample of at most `max_sequences` is taken of each.
+A seeded sample of at most `max_sequences` is taken of the long ones and of at most
+`short_files` (default `max_sequences`) of the short ones; each carries its file id (records.py).
 """
 
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import numpy as np
 
 from ..data import DataFormatError, TokenShards
 from ..prepare import iter_documents
+from .records import file_id, row_id
 
 
 class HeldOutError(ValueError):
@@ -32,10 +34,18 @@ class HeldOut:
     long_texts: list[str] = field(default_factory=list)  # per long sequence (files only)
     long_offsets: list[np.ndarray] = field(default_factory=list)  # [seq_len, 2] char spans
     texts: list[str] = field(default_factory=list)  # every document (files only)
+    long_ids: list[str] = field(default_factory=list)  # file (or row) id of each long sequence
+    short_ids: list[str] = field(default_factory=list)  # and of each short one
 
 
 def load_heldout(
-    path, backend, seq_len: int, window: int, max_sequences: int, seed: int
+    path,
+    backend,
+    seq_len: int,
+    window: int,
+    max_sequences: int,
+    seed: int,
+    short_files: int | None = None,
 ) -> HeldOut:
     path = Path(path)
     if path.is_dir():
@@ -53,7 +63,9 @@ def load_heldout(
         )
     rng = np.random.default_rng(seed)
     long_ids = _sample(long_ids, max_sequences, rng)
-    short_ids = _sample([i for i, e in enumerate(encodings) if len(e.ids) >= 2], max_sequences, rng)
+    short_ids = _sample(
+        [i for i, e in enumerate(encodings) if len(e.ids) >= 2], short_files or max_sequences, rng
+    )
     return HeldOut(
         unit="file",
         long=[np.asarray(encodings[i].ids[:seq_len], dtype=np.int64) for i in long_ids],
@@ -61,6 +73,8 @@ def load_heldout(
         long_texts=[texts[i] for i in long_ids],
         long_offsets=[np.asarray(encodings[i].offsets[:seq_len], dtype=np.int64) for i in long_ids],
         texts=texts,
+        long_ids=[file_id(texts[i]) for i in long_ids],
+        short_ids=[file_id(texts[i]) for i in short_ids],
     )
 
 
@@ -74,11 +88,16 @@ def _from_shards(path: Path, seq_len: int, window: int, max_sequences: int, seed
             f"{path} holds rows of {shards.seq_len} tokens, shorter than --seq-len {seq_len}; "
             "prepare the held-out data at the evaluation length"
         )
-    rows = shards.take(
-        _sample(list(range(len(shards))), max_sequences, np.random.default_rng(seed))
+    picked = _sample(list(range(len(shards))), max_sequences, np.random.default_rng(seed))
+    rows = shards.take(picked).astype(np.int64)
+    ids = [row_id(i) for i in picked]
+    return HeldOut(
+        unit="row",
+        long=list(rows[:, :seq_len]),
+        short=list(rows[:, :window]),
+        long_ids=ids,
+        short_ids=ids,
     )
-    rows = rows.astype(np.int64)
-    return HeldOut(unit="row", long=list(rows[:, :seq_len]), short=list(rows[:, :window]))
 
 
 def _sample(indices: list[int], k: int, rng) -> list[int]:

@@ -1,7 +1,7 @@
 """The model under evaluation and the judge, both through the project's scoring engine.
 
 The engine gives per-token log-probs without materialising `[tokens x vocab]` logits, and the
-judge's contrast uses exactly the chunk plan the trainer's weights come from (DESIGN §1).
+judge's contrast uses exactly the chunk plan the trainer's weights come from (docs/DESIGN.md §1.1).
 """
 
 import dataclasses
@@ -38,14 +38,7 @@ def load_engine(
     # Compiling the LM-head slice (the CUDA default) costs more start-up than it saves on the
     # few million tokens of an eval.
     options = dataclasses.replace(default_options(dev), compile_logprobs=False)
-    return ScoringEngine(
-        loaded.model,
-        options=options,
-        window=window,
-        max_length=seq_len,
-        long_path=loaded.path,
-        long_digest=loaded.digest,
-    )
+    return ScoringEngine.from_loaded(loaded, options=options, window=window, max_length=seq_len)
 
 
 def logprob_fn(engine: ScoringEngine):

@@ -4,13 +4,14 @@ A candidate's score is the sum of the model's log-probabilities of its tokens af
 prompt (all candidates have the same token length, so sums compare fairly). The most likely
 candidate is the model's answer; a tie among k candidates that include the right one earns
 1/k, so a model that cannot tell them apart gets exactly chance in expectation and in fact.
+Accuracies carry Wilson intervals, with the summed credit as the successes.
 """
 
 from collections.abc import Callable
 
 import numpy as np
 
-from .stats import bucket_index, bucket_labels, mean_stat, summarize
+from .stats import bucket_index, bucket_labels, wilson
 from .tasks import Item
 
 # target-aligned log-probs (L-1 values) for each token sequence given
@@ -43,11 +44,13 @@ def answer_items(
             scores = candidate_logprobs(it, [next(logps) for _ in it.candidates])
             records.append(
                 {
+                    "id": it.id,
                     "task": it.task,
                     "distance": it.distance,
                     "credit": credit(scores, it.answer),
                     "answer": it.answer,
                     "scores": scores.round(4).tolist(),
+                    **({"file": it.file, "position": len(it.prompt)} if it.file else {}),
                 }
             )
         if bar is not None:
@@ -55,8 +58,15 @@ def answer_items(
     return records
 
 
-def accuracy_summary(records: list[dict], edges: list[int], seed: int = 0) -> dict:
-    """Accuracy with 95% intervals per task: overall and per distance bucket."""
+def label_buckets(records: list[dict], edges: list[int]) -> None:
+    """Set each record's `bucket` to the label of its distance's bucket ("" outside them)."""
+    labels = bucket_labels(edges)
+    for r, b in zip(records, bucket_index([r["distance"] for r in records], edges)):
+        r["bucket"] = labels[b] if b >= 0 else ""
+
+
+def accuracy_summary(records: list[dict], edges: list[int]) -> dict:
+    """Accuracy with Wilson 95% intervals per task: overall and per distance bucket."""
     out = {"edges": edges, "tasks": {}}
     for task in sorted({r["task"] for r in records}):
         mine = [r for r in records if r["task"] == task]
@@ -64,12 +74,11 @@ def accuracy_summary(records: list[dict], edges: list[int], seed: int = 0) -> di
         buckets = bucket_index([r["distance"] for r in mine], edges)
         by_distance = []
         for b, label in enumerate(bucket_labels(edges)):
-            by_distance.append(
-                {"bucket": label, **summarize(mean_stat, credits[buckets == b], seed=seed)}
-            )
+            picked = credits[buckets == b]
+            by_distance.append({"bucket": label, **wilson(float(picked.sum()), picked.size)})
         chance = 1.0 / len(mine[0]["scores"]) if mine else float("nan")
         out["tasks"][task] = {
-            "overall": summarize(mean_stat, credits, seed=seed),
+            "overall": wilson(float(credits.sum()), credits.size),
             "by_distance": by_distance,
             "chance": chance,
         }

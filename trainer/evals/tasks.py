@@ -4,7 +4,13 @@ Each item states a fact early in a file and asks for it at the end, `distance` t
 
 - `dict`: a long dict literal `TABLE = {"key_0042": 7193, ...}`, filler code, then
   `assert TABLE["key_0042"] ==` -> ` 7193`; the other values of the table are the distractors.
-- `passkey`: `# passkey: 48213` near the top, filler, then `PASSKEY =` -> ` 48213`.
+- `passkey`: `# passkey: 48213` near the top, filler, then `PASSKEY =` -> ` 48213`. With
+  `passkey_distractors`, lines of the same form under other labels (`# checksum: 48293`)
+  are scattered between the two, their numbers `passkey_differ` digits off the passkey's, and
+  they are the first distractors: the model must remember which number was the passkey.
+- `kv`: `kv_pairs` lines `entry_xyz = 4821` of identical form (`kv_shared` leading letters of
+  the key suffix common to all keys: 2 leaves keys one letter apart), filler, then
+  `assert entry_xyz ==` -> ` 4821`; the other values are the distractors.
 - `chain`: `name_ab = 4821`, filler, `name_cd = name_ab`, filler, `name_ef = name_cd`,
   filler, `print(name_ef)  # ->` -> ` 4821`; decoy variables assigned beside the root are
   the distractors.
@@ -15,6 +21,8 @@ value to the first answer token. An item is answered by likelihood (see retrieva
 chance. Items depend only on the seed, the tokenizer and the filler texts.
 """
 
+import dataclasses
+import itertools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,10 +30,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from .filler import NOUNS, Filler
+from .records import task_item_id
 
-TASKS = ("dict", "passkey", "chain")
+TASKS = ("dict", "passkey", "chain", "kv")
+DECOY_LABELS = ("passcode", "checksum", "pin", "seed", "port", "build", "serial", "token")
 GAP = None  # a place in a draft where filler goes
 LETTERS = "abcdefghjkmnpqrstuvwxyz"
+KEY_LETTERS = 3  # letters of a kv key's suffix
+MAX_DECOYS = 40  # fewer than the 44 numbers one digit off a passkey, the fewest there are
 
 
 @dataclass(frozen=True)
@@ -35,7 +47,27 @@ class TaskConfig:
     items_per_bucket: int = 40
     choices: int = 4
     dict_entries: int = 24
+    passkey_distractors: int = 0
+    passkey_differ: int = 5  # digits (of 5) in which a decoy number differs from the passkey
+    kv_pairs: int = 32
+    kv_shared: int = 0  # leading letters (of 3) of the key suffix that every key shares
     seed: int = 0
+
+    def check(self) -> None:
+        if not 1 <= self.passkey_differ <= 5:
+            raise TaskError(f"--passkey-differ must be in [1, 5], got {self.passkey_differ}")
+        if not 0 <= self.passkey_distractors <= MAX_DECOYS:
+            raise TaskError(
+                f"--passkey-distractors must be in [0, {MAX_DECOYS}], got {self.passkey_distractors}"
+            )
+        if not 0 <= self.kv_shared <= 2:
+            raise TaskError(f"--kv-shared must be in [0, 2], got {self.kv_shared}")
+        capacity = len(LETTERS) ** (KEY_LETTERS - self.kv_shared)
+        if not 2 <= self.kv_pairs <= capacity:
+            raise TaskError(
+                f"--kv-pairs must be in [2, {capacity}] with --kv-shared {self.kv_shared}, "
+                f"got {self.kv_pairs}"
+            )
 
 
 @dataclass(frozen=True)
@@ -48,6 +80,8 @@ class Item:
     fact_position: int  # token index of the fact's value in `prompt`
     distance: int  # len(prompt) - fact_position
     value: str  # the answer text, e.g. " 48213"
+    id: str = ""  # stable across arms (records.py)
+    file: str | None = None  # held-out file id, for items taken from real files
 
 
 class TaskError(ValueError):
@@ -91,13 +125,15 @@ def generate(task: str, cfg: TaskConfig, codec: Codec, filler: Filler) -> list[I
     """`items_per_bucket` items of `task` for each distance bucket, in bucket order."""
     if task not in DRAFTS:
         raise TaskError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+    cfg.check()
     items = []
     for b, (lo, hi) in enumerate(zip(cfg.edges[:-1], cfg.edges[1:])):
         for i in range(cfg.items_per_bucket):
             rng = random.Random(f"{cfg.seed}/{task}/{b}/{i}")
             # Kept off the bucket's lower edge by more than filler's rounding (a comment line).
             target = rng.randrange(lo + min(8, (hi - lo) // 4), hi)
-            items.append(_make_item(task, b, rng, target, cfg, codec, filler))
+            item = _make_item(task, b, rng, target, cfg, codec, filler)
+            items.append(dataclasses.replace(item, id=task_item_id(task, cfg.seed, b, i)))
     return items
 
 
@@ -172,18 +208,32 @@ def _number(low: int, high: int) -> Callable[[random.Random], str]:
     return lambda rng: f" {rng.randint(low, high)}"
 
 
-def _dict_draft(rng, target, cfg: TaskConfig, codec: Codec) -> Draft:
-    # Entries after the queried key count towards the distance, entries before it towards the
-    # prefix: short targets need few after it, long ones few before it (or fewer entries).
-    per_entry = max(1, codec.count('    "key_0000": 1000,\n'))
-    head = 1 + codec.count('TABLE = {\n    "key_0000": 1000')  # BOS, opening, the fact's entry
-    tail = (
-        codec.count(',\n}\nassert TABLE["key_0000"] == 1000') + 8
-    )  # closing, query, answer, seams
+def _table_size(rng, target, cfg, codec, per_entry: int, head: str, tail: str, most: int):
+    """(entries, index of the queried one) of a table of same-form entries, as many as fit.
+
+    Entries after the queried one count towards the distance, entries before it towards the
+    prefix: short targets need few after it, long ones few before it (or fewer entries).
+    """
+    per_entry = max(1, per_entry)
+    head = 1 + codec.count(head)  # BOS, opening, the fact's entry
+    tail = codec.count(tail) + 8  # closing, query, answer, seams
     fits_after = max(0, (target - tail) // per_entry)
     fits_before = max(0, (cfg.seq_len - target - head - tail) // per_entry)
-    n = min(cfg.dict_entries, fits_after + fits_before + 1)
-    q = n - 1 - rng.randint(max(0, n - 1 - fits_before), min(n - 1, fits_after))
+    n = min(most, fits_after + fits_before + 1)
+    return n, n - 1 - rng.randint(max(0, n - 1 - fits_before), min(n - 1, fits_after))
+
+
+def _dict_draft(rng, target, cfg: TaskConfig, codec: Codec) -> Draft:
+    n, q = _table_size(
+        rng,
+        target,
+        cfg,
+        codec,
+        per_entry=codec.count('    "key_0000": 1000,\n'),
+        head='TABLE = {\n    "key_0000": 1000',
+        tail=',\n}\nassert TABLE["key_0000"] == 1000',
+        most=cfg.dict_entries,
+    )
     keys = [f"key_{k:04d}" for k in rng.sample(range(10000), n)]
     values = [f" {v}" for v in rng.sample(range(1000, 10000), n)]
     entries = [f'    "{k}":{v},\n' for k, v in zip(keys, values)]
@@ -199,8 +249,61 @@ def _dict_draft(rng, target, cfg: TaskConfig, codec: Codec) -> Draft:
 
 
 def _passkey_draft(rng, target, cfg: TaskConfig, codec: Codec) -> Draft:
-    fresh = _number(10000, 99999)
-    return Draft("# passkey:", fresh(rng), ["\n", GAP, "PASSKEY ="], [], fresh)
+    passkey = _number(10000, 99999)(rng)
+    if cfg.passkey_differ == 5:
+        lookalike = _number(10000, 99999)
+    else:
+        lookalike = _near_number(passkey, cfg.passkey_differ)
+    decoys = []
+    while len(decoys) < cfg.passkey_distractors:
+        if (number := lookalike(rng)) != passkey and number not in decoys:
+            decoys.append(number)
+    after = ["\n", GAP]
+    for number in decoys:
+        after += [f"# {rng.choice(DECOY_LABELS)}:{number}\n", GAP]
+    return Draft("# passkey:", passkey, [*after, "PASSKEY ="], decoys, lookalike)
+
+
+def _near_number(number: str, differ: int) -> Callable[[random.Random], str]:
+    """Numbers of the same length that differ from `number` in exactly `differ` digits."""
+
+    def draw(rng: random.Random) -> str:
+        digits = list(number.strip())
+        for k in rng.sample(range(len(digits)), differ):
+            digits[k] = rng.choice([d for d in "0123456789" if d != digits[k] and (k or d != "0")])
+        return " " + "".join(digits)
+
+    return draw
+
+
+def _kv_draft(rng, target, cfg: TaskConfig, codec: Codec) -> Draft:
+    stem = rng.choice(NOUNS)
+    shared = "".join(rng.choice(LETTERS) for _ in range(cfg.kv_shared))
+    suffixes = itertools.product(LETTERS, repeat=KEY_LETTERS - cfg.kv_shared)
+    keys = [f"{stem}_{shared}{''.join(s)}" for s in rng.sample(list(suffixes), cfg.kv_pairs)]
+    values = [f" {v}" for v in rng.sample(range(1000, 10000), cfg.kv_pairs)]
+    lines = [f"{k} ={v}\n" for k, v in zip(keys, values)]
+    longest = max(lines, key=codec.count)  # the sizes are planned for the longest line
+    n, q = _table_size(
+        rng,
+        target,
+        cfg,
+        codec,
+        per_entry=codec.count(longest),
+        head=longest.rstrip(),
+        tail=f"\nassert {longest.split(' =')[0]} =={values[0]}",
+        most=cfg.kv_pairs,
+    )
+    keys, values, lines = keys[:n], values[:n], lines[:n]
+    pool = values[:q] + values[q + 1 :]
+    rng.shuffle(pool)
+    return Draft(
+        before="".join(lines[:q]) + f"{keys[q]} =",
+        value=values[q],
+        after=["\n" + "".join(lines[q + 1 :]), GAP, f"assert {keys[q]} =="],
+        pool=pool,
+        fresh=_number(1000, 9999),
+    )
 
 
 def _chain_draft(rng, target, cfg: TaskConfig, codec: Codec) -> Draft:
@@ -231,4 +334,9 @@ def _chain_draft(rng, target, cfg: TaskConfig, codec: Codec) -> Draft:
     )
 
 
-DRAFTS = {"dict": _dict_draft, "passkey": _passkey_draft, "chain": _chain_draft}
+DRAFTS = {
+    "dict": _dict_draft,
+    "passkey": _passkey_draft,
+    "chain": _chain_draft,
+    "kv": _kv_draft,
+}

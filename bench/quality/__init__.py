@@ -1,0 +1,1 @@
+"""The quality replication pipeline: `python -m bench.quality.pipeline --help`."""

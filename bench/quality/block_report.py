@@ -1,0 +1,223 @@
+"""The second replication's report over the blocks done: the pre-registered primaries with
+hierarchical bootstrap intervals (blocks, then items) and Holm's correction, their verdicts,
+the stop rule, every arm's per-block differences, the weak-to-strong ratio and faithful LongCE.
+Reads `quality_block*.json`; writes `quality_summary.json`, a plot, and the section of
+docs/RESULTS.md between its markers (docs/PREREGISTRATION.md says what is tested and how).
+"""
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+
+from tokenweight.trainer.evals.stats import hierarchical_bootstrap, holm, verdict
+
+from .endpoints import ENDPOINTS, PRIMARIES, PRIMARY_ARM, REFERENCE_ARM
+from .jobs import PipelineError
+
+FORMAT = "tokenweight-quality-summary-1"
+MARGIN = 0.02  # the stop rule's and the verdicts' band, in each endpoint's units
+MIN_BLOCKS, MAX_BLOCKS = 3, 5
+BEGIN, END = "<!-- blocks:begin -->", "<!-- blocks:end -->"
+RECORD = re.compile(r"quality_block(\d+)\.json$")
+
+
+def load_records(results: Path, exclude: int | None = None) -> list[dict]:
+    """Every block record in `results`, in block order (`exclude`: one being rewritten)."""
+    found = []
+    for path in sorted(results.glob("quality_block*.json")):
+        m = RECORD.search(path.name)
+        if m and int(m.group(1)) != exclude:
+            found.append(json.loads(path.read_text()))
+    return sorted(found, key=lambda r: r["block"])
+
+
+def compare(records: list[dict], arm: str, key: str) -> dict:
+    """Hierarchical bootstrap of arm - reference on one endpoint, over the blocks' items."""
+    endpoint = next(e for e in ENDPOINTS if e.key == key)
+    blocks = [
+        (r["pairs"][arm][key]["arm"], r["pairs"][arm][key]["reference"])
+        for r in records
+        if arm in r["pairs"] and r["pairs"][arm][key]["arm"][0]
+    ]
+    return hierarchical_bootstrap(endpoint.stat, blocks, seed=len(blocks))
+
+
+def primaries(records: list[dict]) -> list[dict]:
+    """The three primaries (dense - uniform), Holm-corrected, each with its verdict."""
+    rows = []
+    for ep in PRIMARIES:
+        d = compare(records, PRIMARY_ARM, ep.key)
+        rows.append({"endpoint": ep.key, "label": ep.label, "better": ep.better, **d})
+    adjusted = holm({r["endpoint"]: r["p"] for r in rows if not math.isnan(r.get("p", math.nan))})
+    for r in rows:
+        r["holm"] = adjusted.get(r["endpoint"])
+        r["verdict"] = verdict(r["ci"], MARGIN, r["better"])
+    return rows
+
+
+def stop_rule(records: list[dict]) -> dict:
+    """After 3 blocks, stop when the first primary's interval lies wholly above +0.02, wholly
+    below -0.02 or wholly within +-0.02; otherwise run on, to 5 blocks at most."""
+    n = len(records)
+    if n < MIN_BLOCKS:
+        return {"stop": False, "next": f"block {n + 1}", "reason": f"{n} of {MIN_BLOCKS} blocks"}
+    d = compare(records, PRIMARY_ARM, PRIMARIES[0].key)
+    lo, hi = d["ci"]
+    settled = lo > MARGIN or hi < -MARGIN or (-MARGIN < lo and hi < MARGIN)
+    if settled or n >= MAX_BLOCKS:
+        why = "the primary's interval is settled" if settled else f"{MAX_BLOCKS} blocks are in"
+        return {"stop": True, "next": "stop", "reason": f"{why}: [{lo:+.3f}, {hi:+.3f}]"}
+    return {
+        "stop": False,
+        "next": f"block {n + 1}",
+        "reason": f"[{lo:+.3f}, {hi:+.3f}] straddles a bound",
+    }
+
+
+def summarize(records: list[dict]) -> dict:
+    if not records:
+        raise PipelineError("no quality_block*.json yet: run a block first")
+    arms = [a for a in records[-1]["arms"] if a not in (REFERENCE_ARM,)]
+    comparisons = {arm: {ep.key: compare(records, arm, ep.key) for ep in ENDPOINTS} for arm in arms}
+    ratio = {}
+    for ep in PRIMARIES[:2]:
+        strong = comparisons[PRIMARY_ARM][ep.key]
+        weak = comparisons.get("dense-weak", {}).get(ep.key)
+        if weak and strong["value"]:
+            per_block = [
+                w / s if s else math.nan for w, s in zip(weak["per_block"], strong["per_block"])
+            ]
+            ratio[ep.key] = {"value": weak["value"] / strong["value"], "per_block": per_block}
+    return {
+        "format": FORMAT,
+        "blocks": [r["block"] for r in records],
+        "primaries": primaries(records),
+        "comparisons": comparisons,
+        "weak_to_strong": ratio,
+        "stop_rule": stop_rule(records),
+        "diagnostics": {r["block"]: r.get("diagnostics") for r in records},
+        "progress": [dict(block=r["block"], **r["progress"]) for r in records],
+    }
+
+
+def write_report(results: Path, doc: Path, plots: Path) -> dict:
+    summary = summarize(load_records(results))
+    (results / "quality_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    figure = _plot(summary, plots)
+    _fill(doc, summary, figure)
+    print(f"report: {results / 'quality_summary.json'}, {doc}; stop rule: {summary['stop_rule']}")
+    return summary
+
+
+def _fmt(d: dict) -> str:
+    if math.isnan(d["value"]):
+        return "–"
+    ci = d["ci"]
+    shown = "degenerate" if d.get("degenerate") else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
+    return f"{d['value']:+.3f} {shown}"
+
+
+def _fill(doc: Path, summary: dict, figure: Path) -> None:
+    text = doc.read_text()
+    if BEGIN not in text or END not in text:
+        raise PipelineError(f"{doc} has no {BEGIN} ... {END} section to fill")
+    lines = [
+        BEGIN,
+        f"Blocks done: {', '.join(map(str, summary['blocks']))}. Stop rule: "
+        f"**{summary['stop_rule']['next']}** ({summary['stop_rule']['reason']}).",
+        "",
+        "Primaries, dense (λ = 0.75, frozen trainee-size scorer) minus uniform; hierarchical "
+        "bootstrap over blocks then items; Holm over the three:",
+        "",
+        "| endpoint | better | difference [95% CI] | p (Holm) | verdict | per block |",
+        "|---|---|---:|---:|---|---|",
+    ]
+    for r in summary["primaries"]:
+        holm_p = f"{r['holm']['p_holm']:.3f}" if r.get("holm") else "–"
+        blocks = ", ".join(f"{v:+.3f}" for v in r.get("per_block", []))
+        lines.append(
+            f"| {r['label']} | {r['better']} | {_fmt(r)} | {holm_p} | {r['verdict']} | {blocks} |"
+        )
+    keys = [ep.key for ep in ENDPOINTS]
+    lines += [
+        "",
+        "Every arm minus uniform (hierarchical bootstrap; not corrected: secondary):",
+        "",
+        "| arm | " + " | ".join(keys) + " |",
+        "|---|" + "---:|" * len(keys),
+    ]
+    for arm, by_key in summary["comparisons"].items():
+        lines.append(f"| {arm} | " + " | ".join(_fmt(by_key[k]) for k in keys) + " |")
+    if summary["weak_to_strong"]:
+        lines += ["", "Weak-to-strong ratio (Δ dense-weak / Δ dense):", ""]
+        for key, r in summary["weak_to_strong"].items():
+            lines.append(
+                f"- {key}: {r['value']:.2f} (per block: "
+                + ", ".join(f"{v:.2f}" for v in r["per_block"])
+                + ")"
+            )
+    lines += [
+        "",
+        "Scorer diagnostics (no training): Spearman agreement of the weak and trainee-size "
+        "scorers' dense weights; AUROC of each scorer's |Δ| for long-range identifier repeats:",
+        "",
+        "| block | rank agreement | AUROC weak | AUROC trainee-size |",
+        "|---|---:|---:|---:|",
+    ]
+    for block, d in summary["diagnostics"].items():
+        if d:
+            lines.append(
+                f"| {block} | {d['rank_agreement']['pooled']:.3f} | {d['auroc']['weak']:.3f} | "
+                f"{d['auroc']['base']:.3f} |"
+            )
+    lines += ["", "| block | device minutes | training TFLOP/s | next |", "|---|---|---|---|"]
+    for p in summary["progress"]:
+        lines.append(
+            f"| {p['block']} | {json.dumps(p['device_minutes'])} | "
+            f"{json.dumps(p['training_tflops'])} | {p['next']['next']} |"
+        )
+    lines += ["", f"![per-block differences]({os.path.relpath(figure, doc.parent)})", END]
+    head, rest = text.split(BEGIN, 1)
+    doc.write_text(head + "\n".join(lines) + rest.split(END, 1)[1])
+
+
+def _plot(summary: dict, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, len(ENDPOINTS), figsize=(4 * len(ENDPOINTS), 3.5))
+    for ax, ep in zip(axes, ENDPOINTS):
+        for i, (arm, by_key) in enumerate(summary["comparisons"].items()):
+            d = by_key[ep.key]
+            blocks = d.get("per_block", [])
+            ax.scatter([i] * len(blocks), blocks, s=10, alpha=0.6)
+            if not math.isnan(d["value"]):
+                lo, hi = d["ci"]
+                ax.errorbar(
+                    i,
+                    d["value"],
+                    yerr=[[d["value"] - lo], [hi - d["value"]]],
+                    fmt="o",
+                    color="black",
+                    capsize=3,
+                )
+        ax.axhline(0, color="grey", lw=0.8)
+        for m in (-MARGIN, MARGIN):
+            ax.axhline(m, color="grey", lw=0.5, ls="--")
+        ax.set_xticks(
+            range(len(summary["comparisons"])),
+            list(summary["comparisons"]),
+            rotation=45,
+            ha="right",
+        )
+        ax.set_title(f"{ep.key} ({ep.better} is better)", fontsize=9)
+    fig.tight_layout()
+    path = out / "quality_blocks.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

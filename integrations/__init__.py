@@ -1,0 +1,1 @@
+"""tokenweight.integrations: token weighting inside trainers that are not tokenweight's own."""

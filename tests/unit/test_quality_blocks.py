@@ -1,0 +1,254 @@
+"""The second replication's bookkeeping on synthetic eval JSONs: per-block records, the
+cross-block primaries (hierarchical bootstrap, Holm, verdicts), the stop rule, the pilot's
+choice of task settings, the equal-FLOPs arm and faithful LongCE's flags."""
+
+import json
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from bench.quality import block_record, block_report, calibrate
+from bench.quality.block_estimate import arm_scoring
+from bench.quality.block_profiles import BLOCK_PROFILES
+from bench.quality.block_stages import BlockContext, flops_ratio
+from bench.quality.estimate import forward
+from bench.quality.jobs import PipelineError, Runner
+
+PROFILE = BLOCK_PROFILES["block-smoke"]  # short 32, long 256: acc_far reads 64 <= d < 256
+ITEMS = 300
+
+
+def fake_eval(rng, accuracy: float, id_nll: float, short_nll: float) -> dict:
+    """An eval JSON with the per-item fields the records read; ids equal across arms."""
+    retrieval = [
+        {
+            "id": f"kv/s1/b{i % 4}/{i}",
+            "task": ("kv", "passkey")[i % 2],
+            "distance": int(rng.integers(64, 256)) if i % 3 else 10,  # a third too near to count
+            "credit": float(rng.random() < accuracy),
+        }
+        for i in range(ITEMS)
+    ]
+    id_loss = [  # ten repeats per file: the file is the unit the bootstrap resamples
+        {
+            "id": f"idloss/f{i % 30}/{i}",
+            "file": f"f{i % 30}",
+            "nll": float(rng.normal(id_nll * (1 + i % 2), 0.1)),
+            "tokens": 1 + i % 2,
+        }
+        for i in range(ITEMS)
+    ]
+    files = [f"f{i}" for i in range(50)]
+    n = rng.integers(20, 40, len(files))
+    key_n = np.where(np.arange(len(files)) % 5 == 0, 0, n // 4)  # some files without key tokens
+    return {
+        "items": {
+            "retrieval": retrieval,
+            "id_loss": id_loss,
+            "short_files": files,
+            "short_ce": (n * rng.normal(short_nll, 0.05, len(files))).tolist(),
+            "short_n": n.tolist(),
+            "long_files": files,
+            "key_ce": (key_n * 1.0).tolist(),
+            "key_n": key_n.tolist(),
+        }
+    }
+
+
+def make_block(tmp_path, block: int, dense_gain: float) -> BlockContext:
+    rng = np.random.default_rng(block)
+    profile = replace(PROFILE, calibration=tmp_path / "calibration.json", carried=tmp_path)
+    ctx = BlockContext(
+        profile,
+        tmp_path,
+        block,
+        Runner(tmp_path, ["cpu"], 1),
+        "cpu",
+        tmp_path,
+        tmp_path / "calibration.json",
+        tmp_path / "results",
+    )
+    for arm in (a.name for a in profile.arms):
+        gain = dense_gain if arm == "dense" else 0.0
+        e = fake_eval(rng, 0.5 + gain, 1.0 - gain, 2.0)
+        path = ctx.block_path("eval", f"{arm}.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(e))
+    return ctx
+
+
+def test_record_pairs_items_by_id_and_reproduces_brute_force(tmp_path):
+    ctx = make_block(tmp_path, 1, 0.2)
+    record = block_record.write(ctx)
+    dense = json.loads(ctx.block_path("eval", "dense.json").read_text())
+    uniform = json.loads(ctx.block_path("eval", "uniform.json").read_text())
+
+    def far(e):
+        return np.mean([r["credit"] for r in e["items"]["retrieval"] if 64 <= r["distance"] < 256])
+
+    assert record["deltas"]["dense"]["acc_far"]["value"] == pytest.approx(far(dense) - far(uniform))
+    assert record["arms"]["dense"]["endpoints"]["acc_far"]["clusters"] == ITEMS - ITEMS // 3
+    # LongPPL leaves out the files where the judge marked nothing (no 0/0).
+    assert record["arms"]["dense"]["endpoints"]["longppl_nll"]["clusters"] == 40
+    assert record["arms"]["dense"]["endpoints"]["longppl_nll"]["value"] == pytest.approx(1.0)
+    repeats = record["arms"]["dense"]["endpoints"]["id_loss"]
+    nll = [r["nll"] for r in dense["items"]["id_loss"]]
+    tokens = [r["tokens"] for r in dense["items"]["id_loss"]]
+    assert repeats["clusters"] == 30 and repeats["value"] == pytest.approx(sum(nll) / sum(tokens))
+    wilson = record["arms"]["uniform"]["tasks"]["kv"]
+    assert wilson["ci_method"] == "wilson" and wilson["ci"][0] < wilson["value"] < wilson["ci"][1]
+    assert record["progress"]["blocks_done"] == [1]
+    assert record["progress"]["next"]["next"] == "block 2"
+    assert "uniform" not in record["deltas"]
+
+
+def test_primaries_holm_verdicts_and_stop_rule(tmp_path):
+    for block in (1, 2):
+        block_record.write(make_block(tmp_path, block, 0.25))
+    records = block_report.load_records(tmp_path / "results")
+    assert block_report.stop_rule(records)["next"] == "block 3"  # never before 3 blocks
+    record = block_record.write(make_block(tmp_path, 3, 0.25))
+    assert record["progress"]["next"]["stop"]  # a gain of 0.25 is wholly above +0.02
+    records = block_report.load_records(tmp_path / "results")
+    rows = {r["endpoint"]: r for r in block_report.primaries(records)}
+    acc, id_loss, short = rows["acc_far"], rows["id_loss"], rows["short_nll"]
+    pooled = [
+        np.concatenate([r["pairs"]["dense"]["acc_far"][side][0] for r in records])
+        for side in ("arm", "reference")
+    ]
+    assert acc["value"] == pytest.approx(pooled[0].mean() - pooled[1].mean())
+    assert len(acc["per_block"]) == 3 and acc["verdict"] == "held"
+    assert id_loss["verdict"] == "held"  # the loss fell by ~0.25 nats per token
+    assert short["verdict"] in ("equivalent", "not resolved")  # no short-context effect
+    # Holm: the smallest p times 3, then monotone.
+    ps = sorted(r["p"] for r in rows.values())
+    holms = sorted(r["holm"]["p_holm"] for r in rows.values())
+    assert holms[0] == pytest.approx(min(1.0, 3 * ps[0]))
+    assert all(h >= p for h, p in zip(holms, ps))
+
+
+def test_report_fills_its_section(tmp_path):
+    for block in (1, 2):
+        block_record.write(make_block(tmp_path, block, 0.1))
+    doc = tmp_path / "RESULTS.md"
+    doc.write_text(f"before\n{block_report.BEGIN}\nold\n{block_report.END}\nafter\n")
+    summary = block_report.write_report(tmp_path / "results", doc, tmp_path / "plots")
+    text = doc.read_text()
+    assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
+    assert "| dense-weak |" in text and (tmp_path / "plots" / "quality_blocks.png").is_file()
+    assert summary["blocks"] == [1, 2] and summary["stop_rule"]["next"] == "block 3"
+    assert json.loads((tmp_path / "results" / "quality_summary.json").read_text())["blocks"] == [
+        1,
+        2,
+    ]
+    ratio = summary["weak_to_strong"]["acc_far"]
+    dense, weak = (summary["comparisons"][a]["acc_far"]["value"] for a in ("dense", "dense-weak"))
+    assert ratio["value"] == pytest.approx(weak / dense)
+
+
+def test_calibration_picks_inside_the_range_nearest_its_middle():
+    sweep = [
+        {"flags": {"--n": n}, "accuracy": a, "items": 200}
+        for n, a in ((0, 0.98), (4, 0.80), (8, 0.55), (16, 0.31), (32, 0.25))
+    ]
+    best = calibrate.pick(sweep, (0.3, 0.85))
+    assert best["flags"] == {"--n": 8} and best["in_range"]
+    outside = calibrate.pick([sweep[0], sweep[4]], (0.3, 0.85))
+    assert (
+        outside["flags"] == {"--n": 32} and not outside["in_range"]
+    )  # 0.05 below beats 0.13 above
+    e = {
+        "items": {
+            "retrieval": [
+                {"task": "kv", "distance": 70, "credit": 1.0},
+                {"task": "kv", "distance": 300, "credit": 0.0},  # beyond the range
+                {"task": "passkey", "distance": 70, "credit": 0.0},
+            ]
+        }
+    }
+    assert calibrate.far_accuracy(e, "kv", 64, 256) == {"accuracy": 1.0, "items": 1}
+
+
+def test_blocks_refuse_a_missing_or_foreign_calibration(tmp_path):
+    ctx = make_block(tmp_path, 1, 0.0)
+    with pytest.raises(PipelineError, match="run the pilot"):
+        calibrate.eval_flags(ctx)
+    ctx.calibration.write_text(json.dumps({"profile": "block", "tasks": {}}))
+    with pytest.raises(PipelineError, match="made for profile 'block'"):
+        calibrate.eval_flags(ctx)
+    ctx.calibration.write_text(
+        json.dumps(
+            {
+                "profile": PROFILE.name,
+                "tasks": {"kv": {"flags": {"--kv-pairs": 64}}, "idrecall": {"flags": {}}},
+            }
+        )
+    )
+    assert calibrate.eval_flags(ctx) == ["--kv-pairs", "64"]
+
+
+def test_equal_flops_arm_and_published_longce():
+    p = BLOCK_PROFILES["block"]
+    train = 3 * forward(p.trainee, p.vocab_size, p.long_len)
+    # The dense arm's frozen scorer: one pass over the first 512 tokens, then ceil(3584/384)
+    # = 10 chunks of 512: 11 forwards of 512 tokens per sequence.
+    scoring = 11 * forward(p.trainee, p.vocab_size, 512)
+    assert flops_ratio(p) == pytest.approx((train + scoring) / train)
+    arms = {a.name: a for a in p.arms}
+    assert arm_scoring(p, arms["dense-weak"]) < arm_scoring(p, arms["dense"])
+    assert arms["longce"].trainer_flags(p.short_len) == [
+        "--weighting",
+        "longce",
+        "--gamma",
+        "5.0",
+        "--score-source",
+        "self",
+        "--window",
+        "640",
+        "--stride",
+        "128",
+    ]
+    assert arms["dense"].trainer_flags(p.short_len)[-2:] == ["--window", "512"]
+
+    # The trainee ~30M parameters, the weak scorer about a quarter of it.
+    def params(shape):
+        d, kv = shape.hidden_size, shape.num_key_value_heads * shape.head_dim
+        layer = 2 * d * d + 2 * d * kv + 3 * d * shape.intermediate_size
+        return shape.num_hidden_layers * layer + p.vocab_size * d
+
+    assert 28e6 < params(p.trainee) < 31e6
+    assert 0.2 < params(p.weak) / params(p.trainee) < 0.3 and params(p.weak) * 2 < 15e6
+    assert math.ceil(p.pretrain_tokens / (p.pretrain.batch * p.short_len)) == p.pretrain_steps
+
+
+def test_block_export_keeps_results_and_drops_models(tmp_path):
+    from bench.quality import handoff
+
+    work, repo = tmp_path / "work", tmp_path / "repo"
+    files = {
+        work / "block-1" / "eval" / "dense.json": "{}",
+        work / "block-1" / "extend" / "dense" / "metrics.jsonl": "{}\n",
+        work / "block-1" / "extend" / "dense" / "model" / "config.json": "{}",  # a model: stays
+        work / "block-1" / "scorer" / "base" / "config.json": "{}",  # rebuilt: stays
+        work / "corpus" / "manifest.json": "{}",
+        work / "corpus" / "train.jsonl": "{}\n",  # rebuilt from the machine's files: stays
+        repo / "bench" / "results" / "quality_block1.json": "{}",
+        repo / "bench" / "quality" / "carried" / "weak" / "config.json": "{}",
+    }
+    for path, text in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    repo_paths = [repo / "bench" / "results", repo / "bench" / "quality" / "carried"]
+    handoff.export(work, repo_paths, repo, tmp_path / "out", {})
+    work2, repo2 = tmp_path / "work2", tmp_path / "repo2"
+    handoff.unpack(tmp_path / "out", work2, repo2)
+    came = {p.relative_to(tmp_path).as_posix() for p in tmp_path.glob("*2/**/*") if p.is_file()}
+    assert came == {
+        "work2/block-1/eval/dense.json",
+        "work2/block-1/extend/dense/metrics.jsonl",
+        "work2/corpus/manifest.json",
+        "repo2/bench/results/quality_block1.json",
+        "repo2/bench/quality/carried/weak/config.json",
+    }

@@ -1,0 +1,180 @@
+"""`tokenweight diagnose`: how scorers compare on held-out files, without training anything.
+
+    tokenweight diagnose --scorer runs/scorer_small/model --scorer runs/scorer/model \
+        --data corpus/heldout.jsonl --seq-len 4096 --window 512 --out eval/diagnose.json
+
+- rank agreement: Spearman correlation of the scorers' token weights (a weighting preset, the
+  dense hybrid by default) on the same sequences, pooled over tokens and per sequence;
+- what each scorer finds: the AUROC of its |delta| = |logp_long - logp_short| for telling the
+  tokens of long-range identifier repeats (the `id_loss` tokens: seen before, but not in the
+  last `window` tokens) from all other tokens.
+"""
+
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from ..prepare import write_json_atomic
+from .heldout import HeldOutError, load_heldout
+from .idrecall import id_loss_mask, source_files
+
+FORMAT = "tokenweight-diagnose-1"
+
+
+class DiagnoseError(ValueError):
+    """Settings the diagnostics cannot run with; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class DiagnoseConfig:
+    scorer: tuple[str, ...]  # checkpoints; the first pair is compared for rank agreement
+    data: str
+    seq_len: int
+    out: str
+    window: int | None = None  # the scorers' short window; default seq_len // 8
+    tokenizer: str | None = None  # default: the first scorer's directory
+    preset: str = "dense"  # weighting preset whose weights are rank-compared
+    max_sequences: int = 64
+    batch_sequences: int = 8
+    seed: int = 0
+    device: str | None = None
+    dtype: str | None = None
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman rank correlation (ties get their average rank)."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(x, y).statistic)
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Probability that a positive outscores a negative (ties count half): the Mann-Whitney U
+    of the positives over (positives x negatives)."""
+    from scipy.stats import mannwhitneyu
+
+    scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
+    pos, neg = scores[positive], scores[~positive]
+    if pos.size == 0 or neg.size == 0:
+        return float("nan")
+    return float(mannwhitneyu(pos, neg).statistic / (pos.size * neg.size))
+
+
+def rank_agreement(weights_a: list[np.ndarray], weights_b: list[np.ndarray]) -> dict:
+    per_sequence = [spearman(a, b) for a, b in zip(weights_a, weights_b) if a.size > 2]
+    return {
+        "pooled": spearman(np.concatenate(weights_a), np.concatenate(weights_b)),
+        "per_sequence_median": float(np.nanmedian(per_sequence)) if per_sequence else None,
+        "sequences": len(per_sequence),
+        "tokens": int(sum(a.size for a in weights_a)),
+    }
+
+
+def token_weights(contrast: list[tuple[np.ndarray, np.ndarray]], preset: str) -> list[np.ndarray]:
+    """The trainer's weights of each sequence under a weighting preset (DESIGN §1)."""
+    import torch
+
+    from ..weighting import WeightingConfig, compute_weights
+
+    config = WeightingConfig.from_preset(preset)
+    out = []
+    for ll, ls in contrast:
+        loss_long = torch.as_tensor(-ll, dtype=torch.float32)[None]
+        loss_short = torch.as_tensor(-ls, dtype=torch.float32)[None]
+        out.append(compute_weights(loss_long, loss_short, config)[0].numpy())
+    return out
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument(
+        "--scorer",
+        action="append",
+        required=True,
+        help="scorer checkpoint (repeat: the first two are rank-compared; each gets an AUROC)",
+    )
+    parser.add_argument("--data", required=True, help='held-out .jsonl ({"text"} lines)')
+    parser.add_argument("--seq-len", type=int, required=True, help="context in tokens")
+    parser.add_argument("--window", type=int, help="the scorers' short window (default seq-len/8)")
+    parser.add_argument("--out", required=True, help="JSON file to write")
+    parser.add_argument("--tokenizer", help="tokenizer directory (default: the first --scorer)")
+    parser.add_argument(
+        "--preset", default="dense", help="weighting preset of the compared weights (default dense)"
+    )
+    parser.add_argument("--max-sequences", type=int, default=64, help="held-out files read")
+    parser.add_argument("--batch-sequences", type=int, default=8, help="sequences per engine call")
+    parser.add_argument("--seed", type=int, default=0, help="which files are sampled")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+
+
+def run(args) -> int:
+    from tokenweight.service.loading import ModelLoadError
+
+    values = {f.name: getattr(args, f.name) for f in fields(DiagnoseConfig)}
+    config = DiagnoseConfig(**{**values, "scorer": tuple(values["scorer"])})
+    try:
+        result = diagnose(config)
+    except (DiagnoseError, HeldOutError, ModelLoadError) as exc:
+        print(f"tokenweight diagnose: error: {exc}", file=sys.stderr)
+        return 1
+    agreement = result["rank_agreement"]
+    found = ", ".join(f"{s['model']} {s['auroc']:.3f}" for s in result["scorers"])
+    rho = f"Spearman {agreement['pooled']:.3f}; " if agreement else ""
+    print(f"{rho}AUROC of |delta| for long-range identifier repeats: {found}")
+    return 0
+
+
+def diagnose(cfg: DiagnoseConfig) -> dict:
+    """Score the held-out files with every scorer and write `cfg.out`; returns what was written."""
+    from ..prepare import load_tokenizer
+    from ..weighting import WeightingConfig
+    from .lm import LocalJudge, load_engine
+
+    window = cfg.window or max(2, cfg.seq_len // 8)
+    if not 2 <= window < cfg.seq_len:
+        raise DiagnoseError(f"--window must be in [2, --seq-len), got {window}")
+    if cfg.max_sequences < 1 or cfg.batch_sequences < 1:
+        raise DiagnoseError("--max-sequences and --batch-sequences must be >= 1")
+    try:
+        WeightingConfig.from_preset(cfg.preset)
+    except ValueError as exc:
+        raise DiagnoseError(f"--preset: {exc}") from None
+    started = time.perf_counter()
+    tok = load_tokenizer(cfg.tokenizer or cfg.scorer[0])
+    heldout = load_heldout(cfg.data, tok.backend, cfg.seq_len, window, cfg.max_sequences, cfg.seed)
+    if heldout.unit != "file":
+        raise DiagnoseError("--data must be a .jsonl of files: the repeats are found in the text")
+    files = source_files(heldout)
+    targets = np.concatenate([id_loss_mask(f, window) for f in files])
+    scorers, weights = [], []
+    for path in cfg.scorer:
+        judge = LocalJudge(load_engine(path, cfg.seq_len, window, cfg.device, cfg.dtype), window)
+        contrast = []
+        for lo in range(0, len(heldout.long), cfg.batch_sequences):
+            contrast += judge.contrast(heldout.long[lo : lo + cfg.batch_sequences])
+        delta = np.concatenate([np.abs(ll - ls) for ll, ls in contrast])
+        weights.append(token_weights(contrast, cfg.preset))
+        scorers.append(
+            {
+                "model": path,
+                "fingerprint": judge.describe["fingerprint"],
+                "auroc": auroc(delta, targets),
+            }
+        )
+    result = {
+        "format": FORMAT,
+        "settings": {**asdict(cfg), "window": window},
+        "sequences": len(files),
+        "tokens": int(targets.size),
+        "repeat_tokens": int(targets.sum()),
+        "scorers": scorers,
+        "rank_agreement": rank_agreement(weights[0], weights[1]) if len(weights) > 1 else None,
+        "elapsed_s": round(time.perf_counter() - started, 2),
+    }
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out, result, tmp_dir=out.parent)
+    return result
