@@ -1,14 +1,15 @@
-"""128k-token contexts fit the service's defaults: message limits, request token budget and
-the scorer's length check (the scoring itself is the same code at every length)."""
+"""128k-token contexts fit the service's defaults: message limits, request token budget, the
+forward-token bound and a client's queue share, and the scorer's length check (the scoring
+itself is the same code at every length)."""
 
 import numpy as np
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from tokenweight.client import wire
+from tokenweight import wire
 from tokenweight.service.config import ServerConfig
-from tokenweight.service.engine import ScoringEngine, ScoringInputError
+from tokenweight.service.engine import ALL_OUTPUTS, ScoringEngine, ScoringInputError
 
 LONG = 131072
 
@@ -33,3 +34,10 @@ def test_a_128k_scorer_accepts_128k_tokens_and_refuses_one_more():
     engine.check([np.zeros(LONG, np.int64)], engine.window, engine.stride)
     with pytest.raises(ScoringInputError, match=f"{LONG + 1} tokens.*at most {LONG}"):
         engine.check([np.zeros(LONG + 1, np.int64)], engine.window, engine.stride)
+    server = ServerConfig()
+    for window in (8192, 32768):  # the windows the docs name for 64k/128k contexts
+        stride = window * 3 // 4
+        work = engine.check_work(
+            [np.zeros(LONG, np.int64)], window, stride, ALL_OUTPUTS, server.max_forward_tokens
+        )
+        assert LONG < work <= server.queue_tokens * server.client_share
