@@ -193,7 +193,8 @@ def main(argv=None):
             stride = default_stride(window)
             n_seq = max(1, args.tokens_per_run // length)
             g = torch.Generator().manual_seed(length)
-            sequences = [torch.randint(3, model.config.vocab_size, (length,), generator=g) for _ in range(n_seq)]
+            sequences = [torch.randint(3, model.config.vocab_size, (length,), generator=g)
+                         for _ in range(n_seq)]
             for x in sequences:
                 x[0] = 1  # BOS: exercises the BOS-in-place-of-first-token rule
             flops = n_seq * job_flops(model.config, length, window, stride)
@@ -202,8 +203,9 @@ def main(argv=None):
                           sequences=n_seq, flops_per_run=flops)
 
             def row(impl, variant, seconds, peak, above, run_flops=flops, **extra):
-                rows.append(dict(impl=impl, variant=variant, **dict(common, flops_per_run=run_flops),
-                                 seconds=seconds, tokens_per_s=tokens / seconds,
+                rows.append(dict(impl=impl, variant=variant,
+                                 **dict(common, flops_per_run=run_flops), seconds=seconds,
+                                 tokens_per_s=tokens / seconds,
                                  mfu=run_flops / seconds / ceiling if ceiling else None,
                                  peak_mem_gib=peak / 2**30, peak_above_weights_gib=above / 2**30,
                                  **extra, **context))
@@ -221,7 +223,8 @@ def main(argv=None):
                 seconds, peak, above = measure(lambda: out.update(r=engine.score(numpy_seqs)),
                                                device, args.repeats)
                 reference = reference or out["r"]
-                pairs = [(torch.from_numpy(r.logp_long), torch.from_numpy(r.logp_short)) for r in out["r"]]
+                pairs = [(torch.from_numpy(r.logp_long), torch.from_numpy(r.logp_short))
+                         for r in out["r"]]
                 row("engine", name, seconds, peak, above, engine_build_s=built,
                     **agreement(pairs, reference))
                 if name in args.hybrid_for:
@@ -241,17 +244,21 @@ def main(argv=None):
                 variant, fn = BASELINES[impl]
                 out = {}
                 seconds, peak, above = measure(
-                    lambda: out.update(r=fn(model, sequences, window, stride, 1)), device, args.repeats
+                    lambda: out.update(r=fn(model, sequences, window, stride, 1)),
+                    device, args.repeats,
                 )
-                row(impl, variant, seconds, peak, above, **(agreement(out["r"], reference) if reference else {}))
+                checked = agreement(out["r"], reference) if reference else {}
+                row(impl, variant, seconds, peak, above, **checked)
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    print(f"{'model':14} {'L':>6} {'impl':9} {'variant':16} {'tok/s':>9} {'MFU':>6} {'peak GiB':>9} {'max|d short|':>12}")
+    print(f"{'model':14} {'L':>6} {'impl':9} {'variant':16} {'tok/s':>9} {'MFU':>6} "
+          f"{'peak GiB':>9} {'max|d short|':>12}")
     for r in rows:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] else "-"
-        print(f"{r['model']:14} {r['seq_len']:>6} {r['impl']:9} {r['variant']:16} {r['tokens_per_s']:>9.0f} "
-              f"{mfu:>6} {r['peak_mem_gib']:>9.1f} {r.get('max_abs_diff_short_vs_engine', 0):>12.4f}")
+        print(f"{r['model']:14} {r['seq_len']:>6} {r['impl']:9} {r['variant']:16} "
+              f"{r['tokens_per_s']:>9.0f} {mfu:>6} {r['peak_mem_gib']:>9.1f} "
+              f"{r.get('max_abs_diff_short_vs_engine', 0):>12.4f}")
     return rows
 
 
