@@ -16,7 +16,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
-from .model import decoder_layers
+from tokenweight.service.blocks import decoder_layers
 
 
 @dataclass(frozen=True)
