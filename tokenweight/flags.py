@@ -12,7 +12,7 @@ import types
 import typing
 
 # Field metadata keys.
-_HELP, _GROUP, _OPTIONS = "flag_help", "flag_group", "flag_options"
+_HELP, _GROUP, _EXCLUSIVE, _OPTIONS = "flag_help", "flag_group", "flag_exclusive", "flag_options"
 
 
 def flag(
@@ -20,16 +20,19 @@ def flag(
     help: str = "",
     *,
     group: str | None = None,
+    exclusive: str | None = None,
     repr: bool = True,
     **options,
 ):
     """A dataclass field that is also a flag. No default makes the flag required; `repr=False`
-    keeps a secret out of the dataclass's repr.
+    keeps a secret out of the dataclass's repr. Flags that name the same `exclusive` set may
+    not be given together.
 
-    `options` go to `add_argument` as they are (choices, metavar, dest, action, type, and
-    `flag="--other-name"` for a spelling other than `--field-name`).
+    `options` go to `add_argument` as they are (choices, metavar, dest, action, type, nargs,
+    and `flag="--other-name"` for a spelling other than `--field-name`, or `flag="field_name"`
+    for a positional argument).
     """
-    metadata = {_HELP: help, _GROUP: group, _OPTIONS: options}
+    metadata = {_HELP: help, _GROUP: group, _EXCLUSIVE: exclusive, _OPTIONS: options}
     return dataclasses.field(default=default, repr=repr, metadata=metadata)
 
 
@@ -56,9 +59,17 @@ def add_flags(
             target = groups[title]
         else:
             target = groups[title] = parser.add_argument_group(title)
+        if exclusive := f.metadata[_EXCLUSIVE]:
+            # keyed apart from the titles: an exclusive set is no titled group of its own
+            key = ("exclusive", exclusive)
+            if key not in groups:
+                groups[key] = target.add_mutually_exclusive_group()
+            target = groups[key]
         options = dict(f.metadata[_OPTIONS])
         name = options.pop("flag", "--" + f.name.replace("_", "-"))
-        options.setdefault("dest", f.name)
+        positional = not name.startswith("-")
+        if not positional:  # argparse takes a positional's dest from its name
+            options.setdefault("dest", f.name)
         options["help"] = _help(f)
         kind = _base_type(hints[f.name])
         if kind is bool and "action" not in options:
@@ -70,7 +81,8 @@ def add_flags(
         if unset_is_none:
             options["default"] = None
         elif f.default is dataclasses.MISSING:
-            options["required"] = True
+            if not positional:  # a positional is required by being positional
+                options["required"] = True
         else:
             options["default"] = f.default
         target.add_argument(name, **options)

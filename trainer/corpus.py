@@ -39,10 +39,12 @@ import os
 import platform
 import sys
 import sysconfig
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from tokenweight.flags import add_flags, flag, values_of
 
 FORMAT = "tokenweight-corpus-1"
 TRAIN_FILE, HELDOUT_FILE, LONG_FILE = "train.jsonl", "heldout.jsonl", "long.jsonl"
@@ -85,77 +87,46 @@ def default_roots() -> tuple[Path, ...]:
 
 @dataclass(frozen=True)
 class CorpusConfig:
-    out: Path
-    roots: tuple[Path, ...] = field(default_factory=default_roots)
-    heldout_fraction: float = 0.05
-    seed: int = 0
-    min_bytes: int = 256
-    max_file_bytes: int = 1_000_000
-    max_bytes: int | None = None  # cap on the corpus, files taken in a seeded order
-    split_by: str = "file"  # "file" or "package"
-    long_fraction: float = 0.0  # package split: share of bytes in extension packages
-    long_min_bytes: int = 16384  # smallest file of the long pool (~4k tokens of code)
-    near_dup_threshold: float | None = None  # MinHash Jaccard above which a copy is dropped
+    out: Path = flag(help="output directory (created)", type=Path)
+    roots: tuple[Path, ...] | None = flag(
+        None,
+        "directories to collect .py files from (default: the stdlib and site-packages)",
+        nargs="+",
+        metavar="DIR",
+        type=Path,
+    )
+    heldout_fraction: float = flag(0.05, "share of files held out")
+    seed: int = flag(0, "decides the split and the --max-bytes order")
+    min_bytes: int = flag(256, "skip files smaller than this")
+    max_file_bytes: int = flag(1_000_000, "skip files larger than this, usually generated tables")
+    # files are taken in a seeded order until the cap
+    max_bytes: int | None = flag(None, "stop adding files once the corpus holds this many bytes")
+    split_by: str = flag(
+        "file", "keep each file or each top-level package on one side", choices=("file", "package")
+    )
+    long_fraction: float = flag(
+        0.0, "package split: share of bytes in packages whose long files form long.jsonl"
+    )
+    long_min_bytes: int = flag(
+        16384, "smallest file of the long pool, in bytes (code runs about 4 bytes a token)"
+    )
+    near_dup_threshold: float | None = flag(
+        None, "drop held-out/long files whose MinHash Jaccard with another side reaches this"
+    )
+
+    def __post_init__(self):
+        # no roots: this interpreter's; any sequence of paths is kept as a tuple of Paths
+        roots = default_roots() if self.roots is None else tuple(Path(r) for r in self.roots)
+        object.__setattr__(self, "roots", roots)
+        object.__setattr__(self, "out", Path(self.out))
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--out", required=True, help="output directory (created)")
-    parser.add_argument(
-        "--roots",
-        nargs="+",
-        metavar="DIR",
-        help="directories to collect .py files from (default: the stdlib and site-packages)",
-    )
-    parser.add_argument(
-        "--heldout-fraction",
-        type=float,
-        default=0.05,
-        help="share of files held out (default 0.05)",
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="decides the split and the --max-bytes order"
-    )
-    parser.add_argument(
-        "--min-bytes", type=int, default=256, help="skip files smaller than this (default 256)"
-    )
-    parser.add_argument(
-        "--max-file-bytes",
-        type=int,
-        default=1_000_000,
-        help="skip files larger than this, usually generated tables (default 1 MB)",
-    )
-    parser.add_argument(
-        "--max-bytes", type=int, help="stop adding files once the corpus holds this many bytes"
-    )
-    parser.add_argument(
-        "--split-by",
-        choices=("file", "package"),
-        default="file",
-        help="keep each file (default) or each top-level package on one side",
-    )
-    parser.add_argument(
-        "--long-fraction",
-        type=float,
-        default=0.0,
-        help="package split: share of bytes in packages whose long files form long.jsonl",
-    )
-    parser.add_argument(
-        "--long-min-bytes",
-        type=int,
-        default=16384,
-        help="smallest file of the long pool (default 16384, about 4k tokens of code)",
-    )
-    parser.add_argument(
-        "--near-dup-threshold",
-        type=float,
-        help="drop held-out/long files whose MinHash Jaccard with another side reaches this",
-    )
+    add_flags(parser, CorpusConfig)
 
 
 def run(args) -> int:
-    roots = tuple(Path(r) for r in args.roots) if args.roots else default_roots()
-    settings = [f.name for f in fields(CorpusConfig) if f.name not in ("out", "roots")]
-    config = CorpusConfig(Path(args.out), roots, **{name: getattr(args, name) for name in settings})
+    config = CorpusConfig(**values_of(args, CorpusConfig))
     try:
         manifest = build_corpus(config)
     except CorpusError as exc:

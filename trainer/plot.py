@@ -6,7 +6,10 @@ logged a step twice, the later value wins.
 """
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+from tokenweight.flags import add_flags, flag, values_of
 
 from . import metrics_log as m
 from .metrics_log import MetricsFormatError
@@ -24,15 +27,21 @@ NOT_PLOTTED = {m.STEP, "time"}
 SMOOTH_ABOVE = 50  # points; per-step curves this long get a moving average over the raw line
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument(
-        "run_dir", metavar="RUN_DIR", help=f"training run directory holding {m.METRICS_FILE}"
+@dataclass(frozen=True)
+class PlotConfig:
+    run_dir: str = flag(
+        help=f"training run directory holding {m.METRICS_FILE}", flag="run_dir", metavar="RUN_DIR"
     )
 
 
+def add_arguments(parser) -> None:
+    add_flags(parser, PlotConfig)
+
+
 def run(args) -> int:
+    config = PlotConfig(**values_of(args, PlotConfig))
     try:
-        paths = plot_run(args.run_dir)
+        paths = plot_run(config.run_dir)
     except (FileNotFoundError, NothingToPlot, MetricsFormatError) as exc:
         print(f"tokenweight plot: error: {exc}", file=sys.stderr)
         return 1

@@ -22,9 +22,12 @@ import json
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from tokenweight.flags import add_flags, flag, values_of
 
 from .data import FORMAT, INDEX_FILE, TOKEN_DTYPE
 
@@ -40,48 +43,45 @@ class PrepareError(ValueError):
     """Bad input or settings for `tokenweight prepare`; the message names the fix."""
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument(
-        "--tokenizer", required=True, help="HF tokenizer directory, or a bare tokenizer.json"
-    )
-    parser.add_argument(
-        "--input",
-        required=True,
+@dataclass(frozen=True)
+class PrepareConfig:
+    tokenizer: str = flag(help="HF tokenizer directory, or a bare tokenizer.json")
+    input: tuple[str, ...] = flag(
+        help='.jsonl/.json: {"text"} per line; other files: one document each',
         nargs="+",
         metavar="FILE",
-        help='.jsonl/.json: {"text"} per line; other files: one document each',
     )
-    parser.add_argument("--seq-len", required=True, type=int, help="tokens per training row")
-    parser.add_argument(
-        "--out",
-        required=True,
-        help="output directory (created; an earlier prepared dataset there is replaced)",
+    seq_len: int = flag(help="tokens per training row")
+    out: str = flag(
+        help="output directory (created; an earlier prepared dataset there is replaced)"
     )
-    parser.add_argument(
-        "--eos-token",
-        help="EOS token string, when the tokenizer does not name one (bare tokenizer.json)",
+    eos_token: str | None = flag(
+        None, "EOS token string, when the tokenizer does not name one (bare tokenizer.json)"
     )
-    parser.add_argument(
-        "--shard-sequences", type=int, default=DEFAULT_SHARD_SEQUENCES, help="rows per shard file"
-    )
+    shard_sequences: int = flag(DEFAULT_SHARD_SEQUENCES, "rows per shard file")
+
+
+def add_arguments(parser) -> None:
+    add_flags(parser, PrepareConfig)
 
 
 def run(args) -> int:
+    config = PrepareConfig(**values_of(args, PrepareConfig))
     try:
         summary = prepare(
-            args.tokenizer,
-            args.input,
-            args.seq_len,
-            args.out,
-            eos_token=args.eos_token,
-            shard_sequences=args.shard_sequences,
+            config.tokenizer,
+            config.input,
+            config.seq_len,
+            config.out,
+            eos_token=config.eos_token,
+            shard_sequences=config.shard_sequences,
         )
     except PrepareError as exc:
         print(f"tokenweight prepare: error: {exc}", file=sys.stderr)
         return 1
     print(
         f"wrote {summary['num_sequences']} sequences of {summary['seq_len']} tokens in "
-        f"{len(summary['shards'])} shard(s) to {args.out} from {summary['stats']['documents']} "
+        f"{len(summary['shards'])} shard(s) to {config.out} from {summary['stats']['documents']} "
         f"documents ({summary['stats']['tokens']} tokens); dropped the last "
         f"{summary['stats']['dropped_tokens']} tokens that did not fill a row. Documents end "
         f"with EOS {summary['stats']['eos_token']!r} (id {summary['eos_token_id']}); BOS id: "

@@ -8,7 +8,10 @@ tokenizer too. `tokenweight_tokenizer.json` beside it records what it was traine
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+from tokenweight.flags import add_flags, flag, values_of
 
 from .corpus import MANIFEST_FILE, TRAIN_FILE
 from .prepare import iter_documents
@@ -20,23 +23,25 @@ class TokenizerError(ValueError):
     """Bad input for `tokenweight tokenizer`; the message names the fix."""
 
 
+@dataclass(frozen=True)
+class TokenizerConfig:
+    corpus: str = flag(help=f"corpus directory from `tokenweight corpus` ({TRAIN_FILE})")
+    out: str = flag(help="tokenizer directory to write")
+    vocab_size: int = flag(8192, "vocabulary size")
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument(
-        "--corpus", required=True, help=f"corpus directory from `tokenweight corpus` ({TRAIN_FILE})"
-    )
-    parser.add_argument(
-        "--vocab-size", type=int, default=8192, help="vocabulary size (default 8192)"
-    )
-    parser.add_argument("--out", required=True, help="tokenizer directory to write")
+    add_flags(parser, TokenizerConfig)
 
 
 def run(args) -> int:
+    config = TokenizerConfig(**values_of(args, TokenizerConfig))
     try:
-        tokenizer = train_tokenizer(Path(args.corpus), args.vocab_size, Path(args.out))
+        tokenizer = train_tokenizer(Path(config.corpus), config.vocab_size, Path(config.out))
     except TokenizerError as exc:
         print(f"tokenweight tokenizer: error: {exc}", file=sys.stderr)
         return 1
-    print(f"wrote a {len(tokenizer)}-token byte-level BPE to {args.out}")
+    print(f"wrote a {len(tokenizer)}-token byte-level BPE to {config.out}")
     return 0
 
 

@@ -12,10 +12,12 @@
 
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from tokenweight.flags import add_flags, flag, values_of
 
 from ..prepare import write_json_atomic
 from .heldout import HeldOutError, load_heldout
@@ -30,18 +32,23 @@ class DiagnoseError(ValueError):
 
 @dataclass(frozen=True)
 class DiagnoseConfig:
-    scorer: tuple[str, ...]  # checkpoints; the first pair is compared for rank agreement
-    data: str
-    seq_len: int
-    out: str
-    window: int | None = None  # the scorers' short window; default seq_len // 8
-    tokenizer: str | None = None  # default: the first scorer's directory
-    preset: str = "dense"  # weighting preset whose weights are rank-compared
-    max_sequences: int = 64
-    batch_sequences: int = 8
-    seed: int = 0
-    device: str | None = None
-    dtype: str | None = None
+    scorer: tuple[str, ...] = flag(
+        help="scorer checkpoint (repeat: the first two are rank-compared; each gets an AUROC)",
+        action="append",
+    )
+    data: str = flag(help='held-out .jsonl ({"text"} lines)')
+    seq_len: int = flag(help="context in tokens")
+    out: str = flag(help="JSON file to write")
+    window: int | None = flag(None, "the scorers' short window (default seq-len/8)")
+    tokenizer: str | None = flag(None, "tokenizer directory (default: the first --scorer)")
+    preset: str = flag("dense", "weighting preset of the compared weights")
+    max_sequences: int = flag(64, "held-out files read")
+    batch_sequences: int = flag(8, "sequences per engine call")
+    seed: int = flag(0, "which files are sampled")
+    device: str | None = flag(None, "cpu, cuda or cuda:N (default: cuda if available)")
+    dtype: str | None = flag(
+        None, "default: bf16 on CUDA, fp32 on CPU", choices=["float32", "bfloat16", "float16"]
+    )
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
@@ -89,31 +96,13 @@ def token_weights(contrast: list[tuple[np.ndarray, np.ndarray]], preset: str) ->
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument(
-        "--scorer",
-        action="append",
-        required=True,
-        help="scorer checkpoint (repeat: the first two are rank-compared; each gets an AUROC)",
-    )
-    parser.add_argument("--data", required=True, help='held-out .jsonl ({"text"} lines)')
-    parser.add_argument("--seq-len", type=int, required=True, help="context in tokens")
-    parser.add_argument("--window", type=int, help="the scorers' short window (default seq-len/8)")
-    parser.add_argument("--out", required=True, help="JSON file to write")
-    parser.add_argument("--tokenizer", help="tokenizer directory (default: the first --scorer)")
-    parser.add_argument(
-        "--preset", default="dense", help="weighting preset of the compared weights (default dense)"
-    )
-    parser.add_argument("--max-sequences", type=int, default=64, help="held-out files read")
-    parser.add_argument("--batch-sequences", type=int, default=8, help="sequences per engine call")
-    parser.add_argument("--seed", type=int, default=0, help="which files are sampled")
-    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    add_flags(parser, DiagnoseConfig)
 
 
 def run(args) -> int:
     from tokenweight.service.loading import ModelLoadError
 
-    values = {f.name: getattr(args, f.name) for f in fields(DiagnoseConfig)}
+    values = values_of(args, DiagnoseConfig)
     config = DiagnoseConfig(**{**values, "scorer": tuple(values["scorer"])})
     try:
         result = diagnose(config)

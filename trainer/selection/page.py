@@ -9,36 +9,47 @@ string from the documents is escaped the same way.
 """
 
 import sys
+from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 
-from .select import add_input_arguments, ranked_input, read_ranking
+from tokenweight.flags import add_flags, flag, values_of
+
+from .select import RankedInput, ranked_input, read_ranking
 from .stats import OK
 
 STATISTICS = ("score", "context_gain", "key_density", "repetition_share", "copied_share")
 BEFORE, AFTER = 12, 4  # tokens of context shown around a highlighted target
 
 
+@dataclass(frozen=True)
+class PageConfig:
+    out: str = flag(help="the HTML file to write")
+    top: int = flag(10, "highest-scoring documents shown")
+    bottom: int = flag(5, "lowest-scoring documents shown")
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("--ranking", required=True, help="the table `tokenweight rank --out` wrote")
-    parser.add_argument("--out", required=True, help="the HTML file to write")
-    parser.add_argument("--top", type=int, default=10, help="highest-scoring documents shown")
-    parser.add_argument("--bottom", type=int, default=5, help="lowest-scoring documents shown")
-    add_input_arguments(parser)
+    for cls in (RankedInput, PageConfig):
+        add_flags(parser, cls)
 
 
 def run(args) -> int:
+    ranked = RankedInput(**values_of(args, RankedInput))
+    config = PageConfig(**values_of(args, PageConfig))
     try:
-        html = render(args.ranking, args.top, args.bottom, args.input, args.tokenizer)
-        Path(args.out).write_text(html, encoding="utf-8")
+        html = render(ranked.ranking, config.top, config.bottom, ranked.input, ranked.tokenizer)
+        Path(config.out).write_text(html, encoding="utf-8")
     except (ValueError, OSError) as exc:
         print(f"tokenweight rank-page: error: {exc}", file=sys.stderr)
         return 1
-    print(args.out)
+    print(config.out)
     return 0
 
 
-def render(ranking, top: int = 10, bottom: int = 5, inputs=None, tokenizer=None) -> str:
+def render(
+    ranking, top: int = PageConfig.top, bottom: int = PageConfig.bottom, inputs=None, tokenizer=None
+) -> str:
     from tokenweight.service.heatmap import STYLE, histogram
 
     meta, rows = read_ranking(ranking)

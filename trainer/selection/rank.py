@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tokenweight.flags import add_flags, flag, values_of
+
 from .documents import Document, DocumentInput
 from .scoring import REFUSE, SPLIT, LocalScorer, RemoteScorer, ScoringError, piece_starts, stitch
 from .stats import StatsConfig, document_stats
@@ -35,9 +37,18 @@ class RankError(ValueError):
 @dataclass(frozen=True)
 class RankConfig:
     stats: StatsConfig = field(default_factory=StatsConfig)
-    batch_size: int = 8  # documents per scorer call; fixes the batches a resume repeats
-    long_docs: str = SPLIT  # documents longer than the scorer accepts: split or refuse
-    overlap: int | None = None  # tokens shared by consecutive pieces (default: half a piece)
+    batch_size: int = flag(8, "documents per call")  # fixes the batches a resume repeats
+    long_docs: str = flag(
+        SPLIT,
+        "documents longer than the scorer accepts: score in overlapping pieces, or stop with an "
+        "error naming the document",
+        choices=(SPLIT, REFUSE),
+    )
+    overlap: int | None = flag(
+        None,
+        "tokens shared by consecutive pieces (>= window; default: half the scorer's maximum "
+        "length)",
+    )
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -46,84 +57,39 @@ class RankConfig:
             raise ValueError(f"--long-docs must be {SPLIT!r} or {REFUSE!r}, got {self.long_docs!r}")
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument(
-        "--input",
-        required=True,
-        nargs="+",
-        metavar="FILE_OR_DIR",
+@dataclass(frozen=True)
+class RankSources:
+    """Where `tokenweight rank` reads documents, which scorer scores them and how it is reached;
+    the table's own settings are RankConfig's."""
+
+    input: tuple[str, ...] = flag(
         help='a prepared dataset directory, or JSON lines files ({"text"} or {"token_ids"} per '
         'line, optional "id", "path", "source")',
+        nargs="+",
+        metavar="FILE_OR_DIR",
     )
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--scorer-url", help="running scorers: grpc://HOST:PORT[,grpc://HOST2:PORT]")
-    where.add_argument(
-        "--model", help="score locally with this checkpoint (default: the bundled model)"
+    out: str = flag(help="the table, JSON lines (resumed if it exists)")
+    scorer_url: str | None = flag(
+        None, "running scorers: grpc://HOST:PORT[,grpc://HOST2:PORT]", exclusive="where"
     )
-    parser.add_argument("--out", required=True, help="the table, JSON lines (resumed if it exists)")
-    parser.add_argument("--tokenizer", help="tokenizer for text lines (default: the local model's)")
-    parser.add_argument("--short-model", help="separate short-context model (local mode)")
-    parser.add_argument("--scorer", help="scorer name on the server (default: its default)")
-    parser.add_argument("--window", type=int, help="short-context window k (default: the scorer's)")
-    parser.add_argument("--stride", type=int, help="chunk stride s (default 3k/4)")
-    parser.add_argument("--device", help="cpu, cuda or cuda:N (local mode)")
-    parser.add_argument("--dtype", help="float32, bfloat16 or float16 (local mode)")
-    parser.add_argument(
-        "--batch-size", type=int, default=RankConfig.batch_size, help="documents per call"
+    model: str | None = flag(
+        None, "score locally with this checkpoint (default: the bundled model)", exclusive="where"
     )
-    parser.add_argument("--concurrency", type=int, help="requests in flight (default: 4 per URL)")
-    parser.add_argument(
-        "--long-docs",
-        choices=(SPLIT, REFUSE),
-        default=SPLIT,
-        help="documents longer than the scorer accepts: score in overlapping pieces, or stop "
-        "with an error naming the document",
-    )
-    parser.add_argument(
-        "--overlap",
-        type=int,
-        help="tokens shared by consecutive pieces (>= window; default: half "
-        "the scorer's maximum length)",
-    )
-    parser.add_argument(
-        "--key-gain",
-        type=float,
-        default=StatsConfig.key_gain,
-        help="key token: gain above this many nats (LongPPL: 2)",
-    )
-    parser.add_argument(
-        "--key-logp",
-        type=float,
-        default=StatsConfig.key_logp,
-        help="key token: logp_long above this (LongPPL: -2)",
-    )
-    parser.add_argument(
-        "--copy-ngram",
-        type=int,
-        default=StatsConfig.copy_ngram,
-        help="a target repeating an earlier n-gram of this many tokens (ending "
-        "with it) is a copy: its gain is counted apart from the score",
-    )
-    parser.add_argument(
-        "--copy-chars",
-        type=int,
-        default=StatsConfig.copy_chars,
-        help="a target ending a stretch of this many characters of the word stream (the text "
-        "with punctuation and spaces made one space) seen earlier is a copy too (0: off; needs "
-        "the tokenizer)",
-    )
-    parser.add_argument(
-        "--copy-lookback",
-        type=int,
-        help="tokens back a copy may come from (default: the whole document)",
-    )
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per request attempt")
-    parser.add_argument(
-        "--retry-for",
-        type=float,
-        default=600.0,
-        help="keep retrying unreachable scorers this many seconds",
-    )
+    tokenizer: str | None = flag(None, "tokenizer for text lines (default: the local model's)")
+    short_model: str | None = flag(None, "separate short-context model (local mode)")
+    scorer: str | None = flag(None, "scorer name on the server (default: its default)")
+    window: int | None = flag(None, "short-context window k (default: the scorer's)")
+    stride: int | None = flag(None, "chunk stride s (default 3k/4)")
+    device: str | None = flag(None, "cpu, cuda or cuda:N (local mode)")
+    dtype: str | None = flag(None, "float32, bfloat16 or float16 (local mode)")
+    concurrency: int | None = flag(None, "requests in flight (default: 4 per URL)")
+    timeout: float = flag(600.0, "seconds per request attempt")
+    retry_for: float = flag(600.0, "keep retrying unreachable scorers this many seconds")
+
+
+def add_arguments(parser) -> None:
+    for cls in (RankSources, RankConfig, StatsConfig):
+        add_flags(parser, cls)
 
 
 def run(args) -> int:
@@ -136,44 +102,36 @@ def run(args) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    sources = RankSources(**values_of(args, RankSources))
     scorer = None
     try:
         config = RankConfig(
-            stats=StatsConfig(
-                key_gain=args.key_gain,
-                key_logp=args.key_logp,
-                copy_ngram=args.copy_ngram,
-                copy_chars=args.copy_chars,
-                copy_lookback=args.copy_lookback,
-            ),
-            batch_size=args.batch_size,
-            long_docs=args.long_docs,
-            overlap=args.overlap,
+            stats=StatsConfig(**values_of(args, StatsConfig)), **values_of(args, RankConfig)
         )
-        if args.scorer_url:
+        if sources.scorer_url:
             scorer = RemoteScorer(
-                args.scorer_url,
-                scorer=args.scorer,
-                window=args.window,
-                stride=args.stride,
-                concurrency=args.concurrency,
-                timeout=args.timeout,
-                retry_for=args.retry_for,
+                sources.scorer_url,
+                scorer=sources.scorer,
+                window=sources.window,
+                stride=sources.stride,
+                concurrency=sources.concurrency,
+                timeout=sources.timeout,
+                retry_for=sources.retry_for,
             )
-            tokenizer = args.tokenizer
+            tokenizer = sources.tokenizer
         else:
-            model, window, stride = model_or_default(args.model, args.window, args.stride)
+            model, window, stride = model_or_default(sources.model, sources.window, sources.stride)
             scorer = LocalScorer(
                 model,
-                args.short_model,
+                sources.short_model,
                 window=window,
                 stride=stride,
-                device=args.device,
-                dtype=args.dtype,
+                device=sources.device,
+                dtype=sources.dtype,
             )
-            tokenizer = args.tokenizer or str(model)
-        documents = DocumentInput(args.input, tokenizer)
-        meta = rank(documents, scorer, args.out, config)
+            tokenizer = sources.tokenizer or str(model)
+        documents = DocumentInput(sources.input, tokenizer)
+        meta = rank(documents, scorer, sources.out, config)
     except (ValueError, OSError, ScorerError) as exc:  # InputError, RankError, ScoringError, ...
         print(f"tokenweight rank: error: {exc}", file=sys.stderr)
         return 1
@@ -181,7 +139,7 @@ def run(args) -> int:
         if scorer is not None:
             scorer.close()
     print(
-        f"{args.out}: {meta['documents']} documents, scorer {meta['scorer']!r}, fingerprint "
+        f"{sources.out}: {meta['documents']} documents, scorer {meta['scorer']!r}, fingerprint "
         f"{meta['fingerprint']}, window {meta['window']}, stride {meta['stride']}"
     )
     return 0

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tokenweight.flags import add_flags, flag, values_of
+
 from ..prepare import ShardWriter, write_json_atomic
 from .documents import DocumentInput
 from .rank import read_meta
@@ -29,17 +31,26 @@ ARMS = ("top", "control")
 SELECTION_FILE = "selection.json"
 
 
+def comma_list(text: str) -> tuple[str, ...]:
+    """`a, b,` -> ("a", "b")."""
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
 class SelectError(ValueError):
     """Settings or a ranking select cannot use; the message names the fix."""
 
 
 @dataclass(frozen=True)
 class SelectConfig:
-    fraction: float = 0.3
-    by: tuple[str, ...] = ("length",)  # strata: "length", "source"
-    length_bins: int = 4
-    source_depth: int | None = None  # source = first N path components when rows have none
-    seed: int = 0
+    fraction: float = flag(0.3, "share kept")
+    by: tuple[str, ...] = flag(
+        ("length",), "strata, comma-separated: length, source (default: length)", type=comma_list
+    )
+    length_bins: int = flag(4, "length strata: this many quantile bins of document length")
+    source_depth: int | None = flag(
+        None, "source of a row without one: the first N components of its path"
+    )
+    seed: int = flag(0, "control arm's draw")
 
     def __post_init__(self):
         if not 0 < self.fraction <= 1:
@@ -50,61 +61,43 @@ class SelectConfig:
             raise SelectError(f"--length-bins must be at least 1, got {self.length_bins}")
 
 
+@dataclass(frozen=True)
+class RankedInput:
+    """A ranking and where its documents are, for the commands that read one."""
+
+    ranking: str = flag(help="the table `tokenweight rank --out` wrote")
+    input: tuple[str, ...] | None = flag(
+        None, "the ranked input (default: as the ranking records)", nargs="+"
+    )
+    tokenizer: str | None = flag(
+        None, "tokenizer of the text lines (default: as the ranking records)"
+    )
+
+
+@dataclass(frozen=True)
+class SelectOutput:
+    out: str = flag(help="directory for top/, control/ and selection.json")
+    seq_len: int | None = flag(
+        None, "tokens per training row (JSON lines input; a prepared dataset keeps its own)"
+    )
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("--ranking", required=True, help="the table `tokenweight rank --out` wrote")
-    parser.add_argument(
-        "--out", required=True, help="directory for top/, control/ and selection.json"
-    )
-    parser.add_argument("--fraction", type=float, default=SelectConfig.fraction, help="share kept")
-    parser.add_argument(
-        "--by", default="length", help="strata, comma-separated: length, source (default: length)"
-    )
-    parser.add_argument(
-        "--length-bins",
-        type=int,
-        default=SelectConfig.length_bins,
-        help="length strata: this many quantile bins of document length",
-    )
-    parser.add_argument(
-        "--source-depth",
-        type=int,
-        help="source of a row without one: the first N components of its path",
-    )
-    parser.add_argument("--seed", type=int, default=SelectConfig.seed, help="control arm's draw")
-    parser.add_argument(
-        "--seq-len",
-        type=int,
-        help="tokens per training row (JSON lines input; a prepared dataset keeps its own)",
-    )
-    add_input_arguments(parser)
-
-
-def add_input_arguments(parser) -> None:
-    """Where the ranked documents are, for commands that read a ranking and its input."""
-    parser.add_argument(
-        "--input", nargs="+", help="the ranked input (default: as the ranking records)"
-    )
-    parser.add_argument(
-        "--tokenizer", help="tokenizer of the text lines (default: as the ranking records)"
-    )
+    for cls in (RankedInput, SelectOutput, SelectConfig):
+        add_flags(parser, cls)
 
 
 def run(args) -> int:
+    ranked = RankedInput(**values_of(args, RankedInput))
+    output = SelectOutput(**values_of(args, SelectOutput))
     try:
-        config = SelectConfig(
-            fraction=args.fraction,
-            by=tuple(b.strip() for b in args.by.split(",") if b.strip()),
-            length_bins=args.length_bins,
-            source_depth=args.source_depth,
-            seed=args.seed,
-        )
         summary = select(
-            args.ranking,
-            args.out,
-            config,
-            seq_len=args.seq_len,
-            inputs=args.input,
-            tokenizer=args.tokenizer,
+            ranked.ranking,
+            output.out,
+            SelectConfig(**values_of(args, SelectConfig)),
+            seq_len=output.seq_len,
+            inputs=ranked.input,
+            tokenizer=ranked.tokenizer,
         )
     except (ValueError, OSError) as exc:
         print(f"tokenweight select: error: {exc}", file=sys.stderr)
@@ -112,7 +105,7 @@ def run(args) -> int:
     for arm in ARMS:
         a = summary["arms"][arm]
         print(
-            f"{Path(args.out) / arm}: {a['documents']} documents, {a['tokens']} tokens, "
+            f"{Path(output.out) / arm}: {a['documents']} documents, {a['tokens']} tokens, "
             f"{a['rows']} rows of {summary['seq_len']}"
         )
     return 0

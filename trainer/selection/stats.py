@@ -27,16 +27,29 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from tokenweight.flags import flag
+
 OK, NO_TARGETS, NO_LONG_TARGETS = "ok", "no_targets", "no_long_targets"
 
 
 @dataclass(frozen=True)
 class StatsConfig:
-    key_gain: float = 2.0  # nats; LongPPL's long-short difference threshold
-    key_logp: float = -2.0  # LongPPL's long-context log-likelihood threshold
-    copy_ngram: int = 8  # tokens in the n-gram (ending with the target) that marks a copy
-    copy_chars: int = 48  # word-stream characters (ending with the target) that mark a copy
-    copy_lookback: int | None = None  # tokens back a copy may come from; None: the whole prefix
+    key_gain: float = flag(2.0, "key token: gain above this many nats (LongPPL: 2)")
+    key_logp: float = flag(-2.0, "key token: logp_long above this (LongPPL: -2)")
+    copy_ngram: int = flag(
+        8,
+        "a target repeating an earlier n-gram of this many tokens (ending with it) is a copy: "
+        "its gain is counted apart from the score",
+    )
+    copy_chars: int = flag(
+        48,
+        "a target ending a stretch of this many characters of the word stream (the text with "
+        "punctuation and spaces made one space) seen earlier is a copy too (0: off; needs the "
+        "tokenizer)",
+    )
+    copy_lookback: int | None = flag(
+        None, "tokens back a copy may come from (default: the whole document)"
+    )
     top_tokens: int = 10  # highest-gain targets kept per document, for inspection
 
     def __post_init__(self):
