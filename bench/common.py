@@ -34,7 +34,7 @@ def build_model(shape: str, max_positions: int, dtype=torch.bfloat16, device="cu
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        **SHAPES[shape], max_position_embeddings=max_positions, bos_token_id=1,
+        **(SHAPES.get(shape) or TRAIN_SHAPES[shape]), max_position_embeddings=max_positions, bos_token_id=1,
         eos_token_id=2, rope_theta=500000.0,
     )
     config._attn_implementation = "sdpa"
@@ -63,15 +63,16 @@ def forward_flops(config, tokens: int, kept_targets: int) -> float:
 
 
 def timed(fn, repeats: int = 3, warmup: int = 1) -> float:
-    """Median seconds of fn() over repeats, synchronising the GPU around each run."""
+    """Median seconds of fn() over repeats, synchronising the GPU (if any) around each run."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else lambda: None
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
-        torch.cuda.synchronize()
+        sync()
         start = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 

@@ -4,6 +4,7 @@ random-weight Llama shapes and synthetic prepared shards, plain and with each sp
     python3 -m bench.trainer_bench --out $OUT/trainer_h200.json          # everything (est. 7-9 min)
     python3 -m bench.trainer_bench --parts small --out $OUT/trainer_h200_small.json
     python3 -m bench.trainer_bench --parts small --seq-lens 4096          # a subset
+    python3 -m bench.trainer_bench --parts big --big-batch-sizes 1 2 --big-extras bf16-params
     python3 -m bench.trainer_bench --cpu-smoke --out /tmp/smoke.json      # tiny, CPU
 
 Parts:
@@ -13,7 +14,8 @@ Parts:
          (logp_short from a `tokenweight serve` of the same shape on the same GPU) plain and all.
   big    the Llama-3.2-1B shape at 8k: FSDP2 on one rank, bf16 autocast, activation
          checkpointing, the chunked weighted loss, hybrid scores from a small scorer served on
-         the same GPU; plain and with the speed options.
+         the same GPU; plain, the fast set per --big-batch-sizes, and the fast set with each
+         of --big-extras (bf16 FSDP parameters, checkpointing every 2nd layer, none).
 
 FLOPs are model FLOPs, counted as in bench/engine_bench.py (bench/common.forward_flops): per
 sequence of T = seq_len - 1 trained positions, a forward is 2*T*(matmul parameters of the
@@ -104,15 +106,23 @@ def small_cases(shape: str, seq_len: int, options: list[str]) -> list[Case]:
     return cases
 
 
-def big_cases(shape: str, scorer: str, seq_len: int, batch_sizes: list[int]) -> list[Case]:
+# The 1B shape's options beyond the fast set, each measured on top of it at micro-batch 1.
+BIG_EXTRAS = {
+    "bf16-params": ("--bf16-params",),
+    "ckpt-every-2": ("--activation-checkpointing-every", "2"),
+    "no-act-ckpt": ("--no-activation-checkpointing",),
+}
+
+
+def big_cases(shape: str, scorer: str, seq_len: int, batch_sizes: list[int],
+              extras: list[str] = ()) -> list[Case]:
     # 8k x 128k logits fit on the GPU (about 6 GiB with their fp32 copy): one chunk, kept.
-    fast = ("--fused-optimizer", "--compile-blocks", "--compile-loss", "--loss-chunk-size", "8192",
-            "--no-loss-recompute")
+    fast = ("--fast", "--loss-chunk-size", "8192", "--no-loss-recompute")
     common = dict(shape=shape, seq_len=seq_len, weighting="hybrid", parallel="fsdp",
                   scorer_shape=scorer)
     return [Case("plain", batch_size=1, **common)] + [
         Case(f"fast-batch{b}", batch_size=b, flags=fast, **common) for b in batch_sizes
-    ]
+    ] + [Case(f"fast-batch1+{e}", batch_size=1, flags=fast + BIG_EXTRAS[e], **common) for e in extras]
 
 
 def shape_config(shape: str):
@@ -192,7 +202,8 @@ def build_plan(args) -> Plan:
         for seq_len in args.seq_lens:
             plan.cases += small_cases("30m", seq_len, args.options)
     if "big" in args.parts:
-        plan.cases += big_cases("llama-3.2-1b", "small", args.big_seq_len, args.big_batch_sizes)
+        plan.cases += big_cases("llama-3.2-1b", "small", args.big_seq_len, args.big_batch_sizes,
+                                args.big_extras)
     return plan
 
 
@@ -208,6 +219,8 @@ def main(argv: list[str] | None = None):
     parser.add_argument("--big-seq-len", type=int, default=8192)
     parser.add_argument("--big-batch-sizes", nargs="+", type=int, default=[1],
                         help="1B shape: micro-batch sizes of the fast rows (plain: 1)")
+    parser.add_argument("--big-extras", nargs="*", choices=list(BIG_EXTRAS), default=[],
+                        help="1B shape: options measured on top of the fast set (micro-batch 1)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup-steps", type=int, default=8)
     parser.add_argument("--device", default="cuda")

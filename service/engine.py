@@ -19,6 +19,7 @@ from torch import nn
 
 from tokenweight.wire import ScorerInfo, Scores
 
+from .blocks import compile_blocks
 from .chunking import (
     LONG,
     SHORT,
@@ -167,6 +168,7 @@ class ScoringEngine:
         max_length: int | None = None,
         token_budget: int | None = None,
         batch_invariant: bool | None = None,
+        compile_blocks: bool | None = None,
         options: ForwardOptions | None = None,
         long_path: str = "",
         short_path: str = "",
@@ -202,9 +204,28 @@ class ScoringEngine:
             self.options = dataclasses.replace(self.options, token_budget=token_budget)
         if batch_invariant is not None:
             self.options = dataclasses.replace(self.options, batch_invariant=batch_invariant)
+        if compile_blocks is not None:
+            self.options = dataclasses.replace(self.options, compile_blocks=compile_blocks)
         # Digests of models built in memory are computed on the first fingerprint, not here:
         # hashing a multi-GB model costs seconds that scoring alone never needs.
         self._given_digests = (long_digest, short_digest)
+        if self.options.compile_blocks:
+            self._compile_blocks()
+
+    def _compile_blocks(self) -> None:
+        """Compile the models' decoder layers and pay the compilation now, not on a request.
+
+        Symbolic shapes (dynamic=True) make one compilation serve every length and batch
+        size; torch specialises sizes of one, so the warm-up covers one-row and several-row
+        batches and a one-token pass.
+        """
+        for model in (self.long_model, self.short_model):
+            if model is not None:
+                compile_blocks(model, dynamic=True)
+        length = min(self.max_length, self.window + self.stride + 1)
+        tokens = np.arange(length, dtype=np.int64) % self.vocab_size
+        self.score([tokens])
+        self.score([tokens, tokens[: max(2, length // 2)], tokens[:2]])
 
     @classmethod
     def from_pretrained(
@@ -244,6 +265,8 @@ class ScoringEngine:
         parts = [SCORING_VERSION, *self._weight_digests, str(self.dtype), self.device.type]
         if self.options.batch_invariant:
             parts.append("batch-invariant")
+        if self.options.compile_blocks:
+            parts.append("compiled-blocks")  # fused kernels round bf16 differently
         parts += [f"window={window}", f"stride={stride}"]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 

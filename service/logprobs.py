@@ -34,6 +34,9 @@ class ForwardOptions:
     e.g. ("CUDNN_ATTENTION", "FLASH_ATTENTION")); None keeps torch's own choice.
     `compile_logprobs`: fuse the fp32 upcast, gather and logsumexp of each LM-head slice
     with torch.compile, so the low-precision logits are read once instead of three times.
+    `compile_blocks`: compile each decoder layer's elementwise work (norms, RoPE, SiLU-gated
+    MLP, residual adds) around eager SDPA attention (service/blocks.py); the engine compiles
+    once, with symbolic batch and length, when it is built.
     `batch_invariant`: run every pass in a forward call of its own, so a sequence's scores
     are bit-identical whatever it is batched with (kernels pick tilings by shape, which moves
     rounding); costs the batching speed-up on short sequences, little on long ones.
@@ -43,6 +46,7 @@ class ForwardOptions:
     logits_budget: int = DEFAULT_LOGITS_BUDGET
     sdpa_backends: tuple[str, ...] | None = None
     compile_logprobs: bool = False
+    compile_blocks: bool = False
     batch_invariant: bool = False
 
 

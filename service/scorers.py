@@ -67,6 +67,7 @@ def load_scorers(configs: list[ScorerConfig]) -> dict[str, Scorer]:
                 max_length=config.max_length,
                 token_budget=config.token_budget,
                 batch_invariant=config.batch_invariant,
+                compile_blocks=config.compile_blocks,
             )
         except ValueError as exc:
             raise ConfigError(f"scorer {config.name!r}: {exc}") from None

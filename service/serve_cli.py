@@ -64,6 +64,7 @@ def build_config(args: argparse.Namespace):
         max_length=args.max_length,
         allow_pickle=bool(args.allow_pickle),
         batch_invariant=bool(args.batch_invariant),
+        compile_blocks=bool(args.compile_blocks),
     )
     return ServeConfig([scorer], scorer.name, server_config({}, overrides))
 

@@ -62,6 +62,18 @@ class TrainConfig:
     activation_checkpointing: bool = flag(
         True, "recompute each decoder layer in the backward", group=MODEL
     )
+    activation_checkpointing_every: int = flag(
+        1,
+        "recompute only every N-th decoder layer (1 = all; 2 = half the recompute, more memory)",
+        group=MODEL,
+        metavar="N",
+    )
+    fast: bool = flag(
+        False,
+        "the measured speed set: --fused-optimizer --compile-blocks --compile-loss (same "
+        "losses; compiles at start)",
+        group=SPEED,
+    )
     compile_blocks: bool = flag(
         False,
         "torch.compile each decoder layer (norms, RoPE, MLP, residuals fused); attention stays "
@@ -79,6 +91,12 @@ class TrainConfig:
         True,
         "recompute each chunk's logits in the backward; --no-loss-recompute keeps them (faster "
         "where tokens x vocab fp32 logits fit)",
+        group=SPEED,
+    )
+    bf16_params: bool = flag(
+        False,
+        "with --parallel fsdp: gather parameters in bf16 (fp32 master weights, fp32 gradient "
+        "reduction)",
         group=SPEED,
     )
     rope_theta: float | None = flag(
@@ -191,6 +209,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     ns = parser.parse_args(argv)
     values = values_of(ns, TrainConfig)
     values["score_source"] = _score_source(ns, parser)
+    if ns.fast:
+        values.update(fused_optimizer=True, compile_blocks=True, compile_loss=True)
     config = TrainConfig(**values)
     try:
         check(config)
@@ -215,7 +235,14 @@ def _score_source(ns, parser) -> str | None:
 
 
 def check(c: TrainConfig) -> None:
-    for name in ("batch_size", "grad_accum", "max_steps", "prefetch_depth"):
+    for name in (
+        "batch_size",
+        "grad_accum",
+        "max_steps",
+        "prefetch_depth",
+        "loss_chunk_size",
+        "activation_checkpointing_every",
+    ):
         if getattr(c, name) < 1:
             raise ValueError(
                 f"--{name.replace('_', '-')} must be at least 1, got {getattr(c, name)}"
@@ -231,6 +258,8 @@ def check(c: TrainConfig) -> None:
         raise ValueError(
             f"--seq-len must be at least 2 (one target needs two tokens), got {c.seq_len}"
         )
+    if c.bf16_params and c.parallel != "fsdp":
+        raise ValueError("--bf16-params needs --parallel fsdp (its mixed-precision policy)")
     if c.score_source in ("service", "hybrid"):
         if not c.scorer_url:
             raise ValueError(f"--score-source {c.score_source} needs --scorer-url grpc://HOST:PORT")

@@ -5,10 +5,10 @@ training forward (hidden states only; the chunked loss applies the LM head).
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
+from tokenweight.service.blocks import decoder_layers
 from tokenweight.service.loading import ModelLoadError, check_checkpoint_dir
 from tokenweight.service.logprobs import base_hidden_states
 
@@ -57,41 +57,16 @@ def load_model(path: str | Path, seq_len: int | None, rope_theta: float | None) 
     return model.train()
 
 
-def decoder_layers(lm: nn.Module) -> nn.ModuleList:
-    """The repeated blocks: the unit of activation checkpointing and of FSDP sharding."""
-    layers = getattr(lm.base_model, "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise ModelLoadError(
-            f"{type(lm).__name__} keeps no decoder layers at base_model.layers; the trainer "
-            "supports Llama-style models (Llama, Mistral, Qwen2, ...)"
-        )
-    return layers
-
-
-def compile_blocks(lm: nn.Module, backend: str = "inductor") -> None:
-    """Compile each decoder layer's forward in place, scaled-dot-product attention excluded.
-
-    The norms, RoPE, SiLU-gated MLP and residual adds are elementwise work that eager mode
-    runs as many small kernels; compiled, they fuse around the matmuls. Compiling the whole
-    model was measured to move attention off cuDNN, so attention is a graph break: each layer
-    becomes two compiled regions with SDPA (torch's own backend choice) between them. The
-    forward, not the module, is compiled so parameter names, activation checkpointing and
-    FSDP's hooks (which run around `forward`) are unchanged. Call before
-    apply_activation_checkpointing and parallelize.
-    """
-    torch._dynamo.disallow_in_graph(F.scaled_dot_product_attention)
-    for layer in decoder_layers(lm):
-        layer.forward = torch.compile(layer.forward, backend=backend)
-
-
-def apply_activation_checkpointing(lm: nn.Module) -> None:
-    """Wrap each decoder layer so only its input is kept and its inside is recomputed.
+def apply_activation_checkpointing(lm: nn.Module, every: int = 1) -> None:
+    """Wrap every `every`-th decoder layer so only its input is kept and its inside is
+    recomputed; the others keep their activations (less recompute for more memory).
 
     Applied before FSDP, as torchtitan does, so each sharded unit is a checkpointed layer.
     """
     layers = decoder_layers(lm)
     for i, layer in enumerate(layers):
-        layers[i] = checkpoint_wrapper(layer)
+        if i % every == 0:
+            layers[i] = checkpoint_wrapper(layer)
 
 
 class HiddenStates(nn.Module):

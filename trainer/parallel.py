@@ -13,10 +13,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
-from .model import decoder_layers
+from tokenweight.service.blocks import decoder_layers
 
 
 @dataclass(frozen=True)
@@ -50,12 +50,17 @@ def init_distributed(device: str) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), local_rank, dev)
 
 
-def parallelize(model: nn.Module, mode: str, d: Dist) -> nn.Module:
+def parallelize(
+    model: nn.Module, mode: str, d: Dist, param_dtype: torch.dtype | None = None
+) -> nn.Module:
     """DDP: replicate and all-reduce gradients. FSDP2: shard every decoder layer and the root.
 
     Per-layer units let FSDP gather one layer's weights at a time; the root unit holds what is
     left (embeddings, final norm, LM head) and, as the root, keeps it gathered from forward
     through backward, which the chunked loss needs since it uses the LM head outside forward.
+    `param_dtype` (FSDP only): the dtype parameters are gathered and computed in, so the
+    matmuls read half the bytes without autocast's per-call casts; the sharded master weights
+    and the optimizer stay fp32, and gradients are reduced in fp32.
     """
     if mode == "ddp":
         model.to(d.device)
@@ -63,9 +68,10 @@ def parallelize(model: nn.Module, mode: str, d: Dist) -> nn.Module:
             model, device_ids=[d.device.index] if d.device.type == "cuda" else None
         )
     mesh = init_device_mesh(d.device.type, (d.world_size,))
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     for layer in decoder_layers(model.lm):
-        fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+        fully_shard(layer, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
     return model
 
 

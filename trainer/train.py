@@ -21,12 +21,14 @@ import torch.distributed as dist
 from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
+from tokenweight.service.blocks import compile_blocks
+
 from . import checkpoint
 from . import metrics_log as m
 from .args import TrainConfig, parse_args
 from .data import Batch, RankBatches, TokenShards, batch_token_hash
 from .loss import token_cross_entropy, weighted_mean
-from .model import HiddenStates, apply_activation_checkpointing, compile_blocks, load_model
+from .model import HiddenStates, apply_activation_checkpointing, load_model
 from .parallel import Dist, all_reduce, gradient_sync, init_distributed, parallelize
 from .scores import OwnScores, ScorerUnavailableError, make_source
 from .weighting import WeightingConfig, compute_weights
@@ -115,8 +117,10 @@ def build(cfg: TrainConfig, d: Dist) -> Run:
     if cfg.compile_blocks:
         compile_blocks(lm)
     if cfg.activation_checkpointing:
-        apply_activation_checkpointing(lm)
-    model = parallelize(HiddenStates(lm), cfg.parallel, d)
+        apply_activation_checkpointing(lm, every=cfg.activation_checkpointing_every)
+    model = parallelize(
+        HiddenStates(lm), cfg.parallel, d, torch.bfloat16 if cfg.bf16_params else None
+    )
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=cfg.lr,

@@ -191,7 +191,7 @@ BLOCK_PROFILES = {
         long_len=4096,
         rope_theta=10000.0,
         # 250M tokens (~8.5 per parameter): about 4 min at the ~200 TFLOP/s the trainer's speed
-        # flags reach on this model at 512 (bench/results/trainer_h200_small.json, batch 128).
+        # flags reach on this model at 512 (bench/results/trainer_h200.json, batch 128).
         pretrain_tokens=250_000_000,
         pretrain=Training(steps=0, batch=128, micro_batch=128, lr=1e-3, min_lr=1e-4, warmup=100),
         weak_tokens=150_000_000,

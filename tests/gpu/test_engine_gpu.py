@@ -86,3 +86,17 @@ ScoringEngine(model, window=256, options=options).score([np.arange(3, 600)])
         return done.stdout.split()[-1]
 
     assert run(model + engine_first + report) == run(model + report)
+
+
+def test_compiled_blocks_match_plain_path_in_bf16_and_keep_cudnn_attention():
+    plain = ScoringEngine(small_model(torch.bfloat16), window=256,
+                          options=ForwardOptions(token_budget=8192))
+    fused = ScoringEngine(small_model(torch.bfloat16), window=256, compile_blocks=True,
+                          options=ForwardOptions(token_budget=8192, compile_logprobs=True))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fast = fused.score(sequences())
+    kernels = " ".join(e.name for e in prof.events()).lower()
+    assert "cudnn" in kernels or "flash" in kernels  # attention ran a fused SDPA kernel
+    for a, b in zip(plain.score(sequences()), fast):
+        np.testing.assert_allclose(a.logp_long, b.logp_long, atol=0.05, rtol=0)
+        np.testing.assert_allclose(a.logp_short, b.logp_short, atol=0.05, rtol=0)

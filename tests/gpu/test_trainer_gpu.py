@@ -10,7 +10,8 @@ import torch
 from bench.common import save_llama, write_tokens
 from tokenweight.trainer.loss import token_cross_entropy, weighted_mean
 from tokenweight.trainer.metrics_log import read_metrics
-from tokenweight.trainer.model import HiddenStates, apply_activation_checkpointing, compile_blocks
+from tokenweight.service.blocks import compile_blocks
+from tokenweight.trainer.model import HiddenStates, apply_activation_checkpointing
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -63,6 +64,8 @@ def test_compiled_blocks_and_loss_match_the_plain_path_in_bf16():
 @pytest.mark.parametrize("more_flags", [
     (),  # as the 1B benchmark: compiled blocks inside activation checkpointing, under FSDP
     ("--no-loss-recompute", "--no-activation-checkpointing"),
+    # the 1B shape's next candidates: bf16 FSDP parameters, every other layer checkpointed
+    ("--bf16-params", "--activation-checkpointing-every", "2"),
 ])
 def test_trainer_with_the_speed_options_follows_the_plain_losses(tmp_path, more_flags):
     model = save_llama("tiny", tmp_path / "model", SEQ)

@@ -5,12 +5,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from tokenweight.service.blocks import compile_blocks
 from tokenweight.trainer.loss import token_cross_entropy, weighted_mean
-from tokenweight.trainer.model import (
-    HiddenStates,
-    apply_activation_checkpointing,
-    compile_blocks,
-)
+from tokenweight.trainer.model import HiddenStates, apply_activation_checkpointing
 
 VOCAB, SEQ = 96, 40
 
@@ -110,3 +107,56 @@ def test_compiled_blocks_keep_attention_out_of_the_graphs():
     assert not [t for t in targets if "scaled_dot_product" in t]
     # The elementwise work around attention is in them: RoPE's rotate-half concatenation.
     assert any("cat" in t for t in targets)
+
+
+def test_checkpointing_every_other_layer_gives_the_plain_loss_and_gradients():
+    selective = tiny_lm(layers=3)
+    apply_activation_checkpointing(selective, every=2)
+    wrapped = [type(layer).__name__ == "CheckpointWrapper" for layer in selective.model.layers]
+    assert wrapped == [True, False, True]
+    loss, ce, grads = loss_and_grads(selective)
+    grads = {name.replace("._checkpoint_wrapped_module", ""): g for name, g in grads.items()}
+    assert_same(loss_and_grads(tiny_lm(layers=3)), (loss, ce, grads))
+
+
+def test_fast_flag_turns_on_the_speed_set_and_bf16_params_need_fsdp():
+    from tokenweight.trainer.args import parse_args
+
+    base = ["--model", "m", "--data", "d", "--out", "o", "--max-steps", "1", "--weighting", "uniform"]
+    fast = parse_args([*base, "--fast"])
+    assert fast.fused_optimizer and fast.compile_blocks and fast.compile_loss
+    plain = parse_args(base)
+    assert not (plain.fused_optimizer or plain.compile_blocks or plain.compile_loss)
+    with pytest.raises(SystemExit):
+        parse_args([*base, "--bf16-params"])  # DDP has no parameter dtype policy
+    assert parse_args([*base, "--bf16-params", "--parallel", "fsdp"]).bf16_params
+
+
+def test_fsdp_bf16_params_give_the_loss_of_the_bf16_model_and_fp32_gradients():
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from tokenweight.trainer.parallel import init_distributed, parallelize
+
+    tokens, _, _ = batch()
+    reference = tiny_lm().to(torch.bfloat16)
+    logits = reference(tokens[:, :-1]).logits.float()
+    expected = F.cross_entropy(logits.reshape(-1, VOCAB), tokens[:, 1:].reshape(-1))
+    expected.backward()
+
+    d = init_distributed("cpu")
+    try:
+        lm = tiny_lm()
+        model = parallelize(HiddenStates(lm), "fsdp", d, torch.bfloat16)
+        hidden = model(tokens[:, :-1])
+        assert hidden.dtype == torch.bfloat16
+        token_ce, real = token_cross_entropy(hidden, lm.get_output_embeddings(), tokens[:, 1:])
+        loss = weighted_mean(token_ce, real, None).loss
+        loss.backward()
+        torch.testing.assert_close(loss.detach(), expected.detach(), rtol=0, atol=2e-3)
+        for (name, p), (_, q) in zip(lm.named_parameters(), reference.named_parameters()):
+            grad = p.grad.full_tensor()
+            assert p.dtype == grad.dtype == torch.float32, name  # master weights stay fp32
+            torch.testing.assert_close(grad, q.grad.float(), rtol=0.05, atol=2e-3, msg=name)
+    finally:
+        dist.destroy_process_group()
