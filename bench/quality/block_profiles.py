@@ -84,7 +84,6 @@ class BlockProfile:
     pretrain_tokens: int  # the trainee's pretraining budget: set from the measured speed
     pretrain: Training  # steps is ignored: pretrain_tokens decides it
     weak_tokens: int  # the weak scorer's pretraining (once, in the pilot)
-    pilot_tokens: int  # the pilot's quick trainee base, for calibration only
     extend: Training  # every arm's extension (the FLOPs-matched arm takes more steps)
     judge_extend: Training  # the weak scorer extended uniformly: the judge
     corpus_max_bytes: int | None = None  # None: all Python on the machine
@@ -120,10 +119,6 @@ class BlockProfile:
     @property
     def weak_steps(self) -> int:
         return math.ceil(self.weak_tokens / (self.pretrain.batch * self.short_len))
-
-    @property
-    def pilot_steps(self) -> int:
-        return math.ceil(self.pilot_tokens / (self.pretrain.batch * self.short_len))
 
     @property
     def arms(self) -> tuple[BlockArm, ...]:
@@ -177,12 +172,11 @@ BLOCK_PROFILES = {
         short_len=512,
         long_len=4096,
         rope_theta=10000.0,
-        # 250M tokens (~8.5 per parameter): about 4 min at the ~200 TFLOP/s the trainer's speed
-        # flags reach on this model at 512 (bench/results/trainer_h200_small.json, batch 128).
+        # 250M tokens (~8.5 per parameter): 4.5 min at the 930k tokens/s the pilot measured on
+        # this model at 512 (its base is pretrained the same way, with seed 0).
         pretrain_tokens=250_000_000,
         pretrain=Training(steps=0, batch=128, micro_batch=128, lr=1e-3, min_lr=1e-4, warmup=100),
         weak_tokens=150_000_000,
-        pilot_tokens=30_000_000,
         # 80 x 16 x 4096 = 5.2M tokens per arm.
         extend=Training(steps=80, batch=16, micro_batch=16, lr=3e-4, min_lr=3e-5, warmup=8),
         judge_extend=Training(steps=150, batch=16, micro_batch=16, lr=3e-4, min_lr=3e-5, warmup=15),
@@ -211,7 +205,6 @@ BLOCK_PROFILES = {
         pretrain_tokens=8 * 32 * 20,
         pretrain=Training(steps=0, batch=8, micro_batch=8, lr=3e-3, min_lr=3e-4, warmup=2),
         weak_tokens=8 * 32 * 10,
-        pilot_tokens=8 * 32 * 10,
         extend=Training(steps=3, batch=2, micro_batch=2, lr=1e-3, min_lr=1e-4, warmup=1),
         judge_extend=Training(steps=2, batch=2, micro_batch=2, lr=1e-3, min_lr=1e-4, warmup=1),
         corpus_max_bytes=2_000_000,

@@ -10,14 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from eval_helpers import code_tokenizer, source_texts
-
+from tokenizers import Tokenizer
+from tokenweight.trainer.evals import tasks
 from tokenweight.trainer.evals.filler import Filler, code_blocks
 from tokenweight.trainer.evals.retrieval import accuracy_summary, answer_items, credit
 from tokenweight.trainer.evals.stats import bucket_index, doubling_edges
-from tokenizers import Tokenizer
-
-from bench.quality.block_profiles import KNOBS
-from tokenweight.trainer.evals import tasks
 from tokenweight.trainer.evals.tasks import (
     DECOY_LABELS,
     TASKS,
@@ -26,6 +23,8 @@ from tokenweight.trainer.evals.tasks import (
     TaskError,
     generate,
 )
+
+from bench.quality.block_profiles import KNOBS
 
 SEQ_LEN = 512
 EDGES = tuple(doubling_edges(64, SEQ_LEN))
@@ -249,9 +248,7 @@ def test_a_setting_no_value_can_satisfy_is_refused(carried_codec):
         tasks.drafted(lambda: stuck, random.Random(0), carried_codec, cfg)
 
 
-@pytest.mark.parametrize(
-    "task, setting", [(k.task, s) for k in KNOBS for s in k.settings], ids=str
-)
+@pytest.mark.parametrize("task, setting", [(k.task, s) for k in KNOBS for s in k.settings], ids=str)
 def test_every_calibration_setting_makes_well_formed_items(carried_codec, task, setting):
     """Every setting the pilot sweeps, with the carried tokenizer at the block's 4096 tokens:
     items of equal-length candidates with the fact at the stated distance."""
