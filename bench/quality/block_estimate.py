@@ -5,8 +5,9 @@ measured rate (evals, scoring passes, diagnostics) goes by matmul FLOPs (estimat
 TFLOP/s the extension's rate implies.
 
 The defaults are the pilot's measurements on one H200 (bench/results/quality_pilot_h200.json);
-a block's record gives newer ones (`--rate pretrain=TOKENS_PER_S ...`), or `--tflops` sets one
-sustained rate for every stage.
+a block's record gives newer ones (`--record bench/results/quality_block1.json`, its measured
+training TFLOP/s per stage), `--rate pretrain=TOKENS_PER_S ...` sets them by hand, and
+`--tflops` sets one sustained rate for every stage.
 """
 
 import math
@@ -46,6 +47,16 @@ class Speeds:
         if self.tflops is not None:
             return self.tflops * 1e12
         return self.tokens_per_s["extend"] * _train_flops_per_token(p, "extend")
+
+
+def record_rates(p: BlockProfile, record: dict) -> dict[str, float]:
+    """Training tokens/s from a block record's measured TFLOP/s per GPU (block_record.py)."""
+    measured = record["progress"]["training_tflops"]
+    rates = dict(MEASURED_TOKENS_PER_S)
+    for stage, key in (("pretrain", "pretrain"), ("extend", "extend-uniform")):
+        if measured.get(key):
+            rates[stage] = measured[key] * 1e12 / _train_flops_per_token(p, stage)
+    return rates
 
 
 def _train_flops_per_token(p: BlockProfile, stage: str) -> float:
@@ -168,9 +179,9 @@ def table(p: BlockProfile, speeds: Speeds) -> str:
     return "\n".join(rows)
 
 
-def parse_rates(pairs: list[str]) -> dict[str, float]:
-    """`pretrain=930000 extend=726000` -> measured tokens/s, over the defaults."""
-    rates = dict(MEASURED_TOKENS_PER_S)
+def parse_rates(pairs: list[str], rates: dict[str, float] | None = None) -> dict[str, float]:
+    """`pretrain=930000 extend=726000` -> measured tokens/s, over `rates` (or the pilot's)."""
+    rates = dict(rates or MEASURED_TOKENS_PER_S)
     for pair in pairs:
         stage, _, value = pair.partition("=")
         if stage not in rates or not value:

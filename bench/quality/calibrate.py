@@ -1,5 +1,5 @@
 """The pilot's calibration: each task's difficulty knob swept on a uniform extension of a
-quickly pretrained base, and the setting that puts uniform's accuracy at distances 2k..long
+base pretrained like a block's, and the setting that puts uniform's accuracy at distances 2k..long
 (1k-4k tokens for k = 512) inside the target range, nearest its middle, frozen in
 calibration.json. The blocks read that file and never change it: tasks are set before any arm
 is compared, on a model that is none of theirs. A setting whose eval fails is recorded as

@@ -112,15 +112,23 @@ def main(argv: list[str] | None = None) -> int:
         help="estimate, block profiles: measured training tokens/s (pretrain=, extend=) in place "
         "of the pilot's",
     )
+    parser.add_argument(
+        "--record",
+        help="estimate, block profiles: a block's record (quality_blockN.json) whose measured "
+        "training TFLOP/s set the rates",
+    )
     args = parser.parse_args(argv)
     if args.profile in BLOCK_PROFILES:
         if args.stages == ["estimate"]:
+            profile = BLOCK_PROFILES[args.profile]
+            record = json.loads(Path(args.record).read_text()) if args.record else None
             try:
-                rates = block_estimate.parse_rates(args.rate)
+                rates = block_estimate.parse_rates(
+                    args.rate, record and block_estimate.record_rates(profile, record)
+                )
             except ValueError as exc:
                 parser.error(str(exc))
-            speeds = block_estimate.Speeds(rates, args.tflops)
-            print(block_estimate.table(BLOCK_PROFILES[args.profile], speeds))
+            print(block_estimate.table(profile, block_estimate.Speeds(rates, args.tflops)))
             return 0
         if args.stages == ["unpack"]:
             if not args.source:

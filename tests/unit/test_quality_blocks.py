@@ -351,3 +351,7 @@ def test_estimate_from_measured_rates_and_the_pilot_split():
     assert be.parse_rates(["extend=500000"]) == {"pretrain": 930_000.0, "extend": 500_000.0}
     with pytest.raises(ValueError, match="STAGE=TOKENS_PER_S"):
         be.parse_rates(["judge=1"])
+    # A record's TFLOP/s back to tokens/s: the pilot's 930k tokens/s at 512, as a record has it.
+    record = {"progress": {"training_tflops": {"pretrain": 930_000 * per_token / 1e12}}}
+    rates = be.record_rates(p, record)
+    assert rates["pretrain"] == pytest.approx(930_000) and rates["extend"] == 726_000
