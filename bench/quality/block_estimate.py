@@ -168,9 +168,8 @@ def table(p: BlockProfile, speeds: Speeds) -> str:
         "|---|---|---:|---:|",
     ]
     for s in stages(p, speeds):
-        rows.append(
-            f"| {s.call} | {s.name}{' (CPU)' if s.cpu else ''} | {s.jobs} | {s.seconds / 60:.1f} min |"
-        )
+        name = s.name + (" (CPU)" if s.cpu else "")
+        rows.append(f"| {s.call} | {name} | {s.jobs} | {s.seconds / 60:.1f} min |")
     calls = call_minutes(p, speeds)
     for part in ("pilot", "block"):
         mine = {c: m for c, m in calls.items() if c.startswith(part)}

@@ -1,6 +1,6 @@
 """The pilot's calibration: each task's difficulty knob swept on a uniform extension of a
-base pretrained like a block's, and the setting that puts uniform's accuracy at distances 2k..long
-(1k-4k tokens for k = 512) inside the target range, nearest its middle, frozen in
+base pretrained like a block's, and the setting that puts uniform's accuracy at distances
+2k..long (1k-4k tokens for k = 512) inside the target range, nearest its middle, frozen in
 calibration.json. The blocks read that file and never change it: tasks are set before any arm
 is compared, on a model that is none of theirs. A setting whose eval fails is recorded as
 failed, with the error, and the sweep goes on without it.
