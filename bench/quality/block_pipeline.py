@@ -59,8 +59,9 @@ def run(args, repo: Path) -> int:
     order = BLOCK_ORDER if is_block else PILOT_ORDER
     stages = [n for n in order if n in names]
     record_environment(ctx.path("environment.json"), ctx.runner.devices, repo)
-    # The carried models go back only from the pilot that makes them (28 MB of the 64 MiB).
-    repo_paths = [ctx.results, ctx.calibration, doc, plots] + ([] if is_block else [ctx.carried])
+    # The carried models go back only from the call that makes them (28 MB of the 64 MiB).
+    repo_paths = [ctx.results, ctx.calibration, doc, plots]
+    repo_paths += [ctx.carried] if ctx.makes_carried else []
     try:
         for name in stages:
             started = time.time()
