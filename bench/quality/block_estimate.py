@@ -1,22 +1,67 @@
-"""Expected device time of the pilot and of one block, from matmul FLOPs (estimate.py) and an
-assumed sustained rate; the CPU stages at their measured cost on the device machine.
+"""Expected device time of the pilot's remaining calls and of one block, from measured speeds:
+the trainer's tokens/s per training stage (a stage's tokens over its rate), each job's fixed
+cost, and the CPU stages at their measured wall time on the device machine. What has no
+measured rate (evals, scoring passes, diagnostics) goes by matmul FLOPs (estimate.py) at the
+TFLOP/s the extension's rate implies.
 
-Pass `--tflops` the rate the trainer measured (the record of a block says it): small models
-reach a small fraction of the H200's bf16 peak, and the trainer's speed decides how many
-pretraining tokens fit a block.
+The defaults are the pilot's measurements on one H200 (bench/results/quality_pilot_h200.json);
+a block's record gives newer ones (`--record bench/results/quality_block1.json`, its measured
+training TFLOP/s per stage), `--rate pretrain=TOKENS_PER_S ...` sets them by hand, and
+`--tflops` sets one sustained rate for every stage.
 """
 
-from .block_profiles import BlockArm, BlockProfile
-from .estimate import STARTUP_S, forward, scoring
+import math
+from dataclasses import dataclass, field
 
-# All Python on the machine (~170 MB here); the block trains no tokenizer (it is carried).
-CPU_STAGES_S = {"corpus": 90.0, "tokenizer": 60.0, "prepare": 120.0}
+from .block_profiles import BlockArm, BlockProfile
+from .estimate import forward, scoring
+
+# Training tokens/s, one job alone on the GPU, median of the trainer's log (the pilot on one
+# H200): the trainee at 512 and at 4096; the weak scorer and the judge are carried, not rerun.
+MEASURED_TOKENS_PER_S = {"pretrain": 930_000.0, "extend": 726_000.0}
+# A job's fixed cost: start, imports, compile, model load (the pilot: 30M pretraining tokens in
+# 77 s of which 32 s at speed; an extension 44 s of which 7 s; a calibration eval 38-43 s).
+JOB_S = {"train": 45.0, "eval": 40.0}
+# Measured on the device machine (all Python there, 315 MB); a block trains no tokenizer.
+CPU_STAGES_S = {"corpus": 16.0, "prepare": 59.0}
 BUCKETS = 4  # distance buckets 0-k, k-2k, 2k-4k, 4k-8k (in units of the short context k)
 CHOICES = 4
 
 
-def _train(p: BlockProfile, shape, steps: int, batch: int, length: int) -> float:
-    return steps * batch * 3 * forward(shape, p.vocab_size, length)
+@dataclass(frozen=True)
+class Speeds:
+    """Training tokens/s per stage ("pretrain": the trainee at the short context, "extend": at
+    the long one) and the TFLOP/s of everything else; `tflops` alone sets every rate."""
+
+    tokens_per_s: dict[str, float] = field(default_factory=lambda: dict(MEASURED_TOKENS_PER_S))
+    tflops: float | None = None
+
+    def train_rate(self, p: BlockProfile, stage: str) -> float:
+        """Tokens/s of a training stage."""
+        if self.tflops is not None:
+            return self.tflops * 1e12 / _train_flops_per_token(p, stage)
+        return self.tokens_per_s[stage]
+
+    def flop_rate(self, p: BlockProfile) -> float:
+        """FLOP/s of evals and scoring passes: the given TFLOP/s, else the extension's."""
+        if self.tflops is not None:
+            return self.tflops * 1e12
+        return self.tokens_per_s["extend"] * _train_flops_per_token(p, "extend")
+
+
+def record_rates(p: BlockProfile, record: dict) -> dict[str, float]:
+    """Training tokens/s from a block record's measured TFLOP/s per GPU (block_record.py)."""
+    measured = record["progress"]["training_tflops"]
+    rates = dict(MEASURED_TOKENS_PER_S)
+    for stage, key in (("pretrain", "pretrain"), ("extend", "extend-uniform")):
+        if measured.get(key):
+            rates[stage] = measured[key] * 1e12 / _train_flops_per_token(p, stage)
+    return rates
+
+
+def _train_flops_per_token(p: BlockProfile, stage: str) -> float:
+    length = p.short_len if stage == "pretrain" else p.long_len
+    return 3 * forward(p.trainee, p.vocab_size, length) / length
 
 
 def arm_scoring(p: BlockProfile, arm: BlockArm) -> float:
@@ -28,7 +73,8 @@ def arm_scoring(p: BlockProfile, arm: BlockArm) -> float:
 
 
 def _eval(p: BlockProfile, shape, tasks: int | None = None, per_bucket: int | None = None) -> float:
-    """One eval: the model over the held-out files twice, the judge's two passes, the items."""
+    """One eval's FLOPs: the model over the held-out files twice, the judge's two passes, the
+    items."""
     long = forward(shape, p.vocab_size, p.long_len)
     judge = forward(p.weak, p.vocab_size, p.long_len) + scoring(
         p.weak, p.vocab_size, p.short_len, p.long_len
@@ -37,70 +83,107 @@ def _eval(p: BlockProfile, shape, tasks: int | None = None, per_bucket: int | No
     return p.eval_max_sequences * (2 * long + judge) + items * long
 
 
-def block_flops(p: BlockProfile) -> dict[str, tuple[float, int]]:
-    """stage -> (FLOPs, jobs) of one block."""
+def _diagnose(p: BlockProfile) -> float:
+    """Both scorers over the held-out files: a long pass and the short-window passes each."""
+    return p.eval_max_sequences * sum(
+        forward(shape, p.vocab_size, p.long_len)
+        + scoring(shape, p.vocab_size, p.short_len, p.long_len)
+        for shape in (p.weak, p.trainee)
+    )
+
+
+@dataclass(frozen=True)
+class Stage:
+    call: str  # the device call that runs it
+    name: str
+    seconds: float
+    jobs: int = 1
+    cpu: bool = False
+
+
+def stages(p: BlockProfile, speeds: Speeds) -> list[Stage]:
+    """The pilot's calls b and c (a is done: its models are carried) and one block's a, b, c,
+    each on the machine the call before it left warm, except pilot-b and block-a: a fresh one
+    rebuilds the corpus and the shards."""
     from .block_stages import flops_ratio
 
-    ext = p.extend
-    extend = 0.0
-    for arm in p.arms:
-        steps = round(ext.steps * flops_ratio(p)) if arm.flops_matched else ext.steps
-        extend += _train(p, p.trainee, steps, ext.batch, p.long_len)
-        extend += steps * ext.batch * arm_scoring(p, arm)
-    return {
-        "pretrain": (_train(p, p.trainee, p.pretrain_steps, p.pretrain.batch, p.short_len), 1),
-        "extend": (extend, len(p.arms)),
-        "eval": (len(p.arms) * _eval(p, p.trainee), len(p.arms)),
-    }
+    flop_rate = speeds.flop_rate(p)
 
+    def train(stage: str, tokens: float, jobs: int = 1) -> float:
+        waves = math.ceil(jobs / p.jobs_per_device)
+        return tokens / speeds.train_rate(p, stage) + waves * JOB_S["train"]
 
-def pilot_flops(p: BlockProfile) -> dict[str, tuple[float, int]]:
-    j = p.judge_extend
+    def evals(flops: float, jobs: int) -> float:
+        return flops / flop_rate + math.ceil(jobs / p.jobs_per_device) * JOB_S["eval"]
+
+    pretrain_tokens = p.pretrain_steps * p.pretrain.batch * p.short_len
+    arm_tokens = p.extend.steps * p.extend.batch * p.long_len
+    train_per_seq = 3 * forward(p.trainee, p.vocab_size, p.long_len)
+    # Arms side by side share the GPU: their tokens add up, each scored arm's by its FLOPs.
+    extend_tokens = sum(
+        arm_tokens * (flops_ratio(p) if arm.flops_matched else 1.0)
+        + arm_tokens * arm_scoring(p, arm) / train_per_seq
+        for arm in p.arms
+    )
     settings = sum(len(k.settings) for k in p.knobs) + 1  # + the plain eval of every task
-    return {
-        "weak": (
-            _train(p, p.weak, p.weak_steps, p.pretrain.batch, p.short_len)
-            + _train(p, p.weak, j.steps, j.batch, p.long_len),
-            2,
-        ),
-        "pilot-pretrain": (_train(p, p.trainee, p.pilot_steps, p.pretrain.batch, p.short_len), 1),
-        "pilot-extend": (_train(p, p.trainee, p.extend.steps, p.extend.batch, p.long_len), 1),
-        "calibrate": (settings * _eval(p, p.trainee, 1, p.calibration_items_per_bucket), settings),
-    }
-
-
-# Which device call of the documented sequence runs each stage (block_pipeline.GROUPS).
-CALL = {
-    "corpus": "a", "tokenizer": "a", "prepare": "a", "weak": "a", "pretrain": "a",
-    "pilot-pretrain": "b", "pilot-extend": "b", "calibrate": "b", "extend": "b", "eval": "c",
-}  # fmt: skip
-
-
-def table(p: BlockProfile, tflops: float) -> str:
-    rate = tflops * 1e12
-    rows = [
-        f"Assumed {tflops:.0f} TFLOP/s sustained on one GPU; jobs side by side share it.",
-        "",
-        "| part | call | stage | PFLOPs | jobs | expected |",
-        "|---|---|---|---:|---:|---:|",
+    calibrate = settings * _eval(p, p.trainee, 1, p.calibration_items_per_bucket)
+    cpu = [
+        Stage(c, n, s, cpu=True) for c in ("pilot-b", "block-a") for n, s in CPU_STAGES_S.items()
     ]
-    for part, stages in (("pilot", pilot_flops(p)), ("block", block_flops(p))):
-        cpu = {k: v for k, v in CPU_STAGES_S.items() if part == "pilot" or k != "tokenizer"}
-        seconds = {name: (None, 1, s) for name, s in cpu.items()}
-        for stage, (flops, jobs) in stages.items():
-            seconds[stage] = (
-                flops,
-                jobs,
-                flops / rate + STARTUP_S * max(1, jobs // p.jobs_per_device),
-            )
-        calls: dict[str, float] = {}
-        for stage, (flops, jobs, s) in seconds.items():
-            calls[CALL[stage]] = calls.get(CALL[stage], 0.0) + s
-            shown = "" if flops is None else f"{flops / 1e15:.1f}"
-            name = stage + (" (CPU)" if flops is None else "")
-            rows.append(
-                f"| {part} | {part}-{CALL[stage]} | {name} | {shown} | {jobs} | {s / 60:.1f} min |"
-            )
-        per_call = ", ".join(f"{part}-{c} {s / 60:.1f}" for c, s in calls.items())
-        rows.append(f"| **{part}** | {per_call} | | | | **{sum(calls.values()) / 60:.1f} min** |")
+    return [
+        *[s for s in cpu if s.call == "pilot-b"],
+        Stage("pilot-b", "pilot-pretrain", train("pretrain", pretrain_tokens)),
+        Stage("pilot-c", "pilot-extend", train("extend", arm_tokens)),
+        Stage("pilot-c", "calibrate", evals(calibrate, settings), settings),
+        *[s for s in cpu if s.call == "block-a"],
+        Stage("block-a", "pretrain", train("pretrain", pretrain_tokens)),
+        Stage("block-b", "extend", train("extend", extend_tokens, len(p.arms)), len(p.arms)),
+        Stage(
+            "block-c", "eval", evals(len(p.arms) * _eval(p, p.trainee), len(p.arms)), len(p.arms)
+        ),
+        Stage("block-c", "diagnose", evals(_diagnose(p), 1)),
+    ]
+
+
+def call_minutes(p: BlockProfile, speeds: Speeds) -> dict[str, float]:
+    calls: dict[str, float] = {}
+    for s in stages(p, speeds):
+        calls[s.call] = calls.get(s.call, 0.0) + s.seconds / 60
+    return calls
+
+
+def table(p: BlockProfile, speeds: Speeds) -> str:
+    if speeds.tflops is not None:
+        basis = f"{speeds.tflops:.0f} TFLOP/s sustained for every stage"
+    else:
+        rates = ", ".join(f"{k} {v / 1e3:.0f}k" for k, v in speeds.tokens_per_s.items())
+        basis = (
+            f"measured training tokens/s ({rates}); evals at the extension's "
+            f"{speeds.flop_rate(p) / 1e12:.0f} TFLOP/s"
+        )
+    rows = [
+        f"Expected on one GPU from {basis}; jobs side by side share it.",
+        "",
+        "| call | stage | jobs | expected |",
+        "|---|---|---:|---:|",
+    ]
+    for s in stages(p, speeds):
+        name = s.name + (" (CPU)" if s.cpu else "")
+        rows.append(f"| {s.call} | {name} | {s.jobs} | {s.seconds / 60:.1f} min |")
+    calls = call_minutes(p, speeds)
+    for part in ("pilot", "block"):
+        mine = {c: m for c, m in calls.items() if c.startswith(part)}
+        per_call = ", ".join(f"{c} {m:.1f}" for c, m in mine.items())
+        rows.append(f"| **{part}** | {per_call} | | **{sum(mine.values()):.1f} min** |")
     return "\n".join(rows)
+
+
+def parse_rates(pairs: list[str], rates: dict[str, float] | None = None) -> dict[str, float]:
+    """`pretrain=930000 extend=726000` -> measured tokens/s, over `rates` (or the pilot's)."""
+    rates = dict(rates or MEASURED_TOKENS_PER_S)
+    for pair in pairs:
+        stage, _, value = pair.partition("=")
+        if stage not in rates or not value:
+            raise ValueError(f"--rate takes STAGE=TOKENS_PER_S with STAGE in {sorted(rates)}")
+        rates[stage] = float(value)
+    return rates

@@ -4,11 +4,16 @@ progress), and the cross-block report.
 
 Groups (each includes the stages before it, which skip what is already done):
     pilot-a   corpus, tokenizer, prepare, weak          -> the carried tokenizer, weak scorer, judge
-    pilot-b   ... pilot-pretrain, pilot-extend, calibrate -> bench/quality/calibration.json
+    pilot-b   ... pilot-pretrain                         (a base pretrained like a block's)
+    pilot-c   ... pilot-extend, calibrate                -> bench/quality/calibration.json
     block-a   corpus, prepare, init, pretrain            (needs --block N)
     block-b   ... scorers, select (with --selection-arms), extend
     block-c   ... eval, diagnose, record, report         -> bench/results/quality_block{N}.json
     report    the cross-block report from the records here
+
+Only pilot-a (or `pilot`, or the tokenizer and weak stages named) makes the carried tokenizer,
+weak scorer and judge; every other group uses the carried ones, checks that this machine's
+corpus is the one they saw, and stops if they are missing rather than retrain them.
 """
 
 import json
@@ -28,7 +33,8 @@ PILOT_ORDER = list(block_stages.PILOT)
 BLOCK_ORDER = list(block_stages.BLOCK) + ["report"]
 GROUPS = {
     "pilot-a": PILOT_ORDER[: PILOT_ORDER.index("weak") + 1],
-    "pilot-b": PILOT_ORDER,
+    "pilot-b": PILOT_ORDER[: PILOT_ORDER.index("pilot-pretrain") + 1],
+    "pilot-c": PILOT_ORDER,
     "pilot": PILOT_ORDER,
     "block-a": BLOCK_ORDER[: BLOCK_ORDER.index("pretrain") + 1],
     "block-b": BLOCK_ORDER[: BLOCK_ORDER.index("extend") + 1],
@@ -36,6 +42,7 @@ GROUPS = {
     "block": BLOCK_ORDER,
 }
 STAGE_NAMES = sorted(set(PILOT_ORDER) | set(BLOCK_ORDER))
+MAKES_CARRIED = {"pilot-a", "pilot", "tokenizer", "weak"}  # what may train the carried models
 
 
 def run(args, repo: Path) -> int:
@@ -46,13 +53,15 @@ def run(args, repo: Path) -> int:
         return 0
     names = [n for s in args.stages for n in GROUPS.get(s, [s])]
     is_block = any(n in BLOCK_ORDER and n not in PILOT_ORDER for n in names)
-    if is_block and ctx.block is None:
-        raise SystemExit("block stages need --block N (the block's number, also its seed)")
+    if is_block and (ctx.block is None or ctx.block < 1):
+        raise SystemExit("block stages need --block N >= 1 (its number and seed; 0 is the pilot's)")
+    ctx.makes_carried = not is_block and bool(MAKES_CARRIED & set(args.stages))
     order = BLOCK_ORDER if is_block else PILOT_ORDER
     stages = [n for n in order if n in names]
     record_environment(ctx.path("environment.json"), ctx.runner.devices, repo)
-    # The carried models go back only from the pilot that makes them (28 MB of the 64 MiB).
-    repo_paths = [ctx.results, ctx.calibration, doc, plots] + ([] if is_block else [ctx.carried])
+    # The carried models go back only from the call that makes them (28 MB of the 64 MiB).
+    repo_paths = [ctx.results, ctx.calibration, doc, plots]
+    repo_paths += [ctx.carried] if ctx.makes_carried else []
     try:
         for name in stages:
             started = time.time()

@@ -99,7 +99,6 @@ class BlockProfile:
     pretrain_tokens: int  # the trainee's pretraining budget: set from the measured speed
     pretrain: Training  # steps is ignored: pretrain_tokens decides it
     weak_tokens: int  # the weak scorer's pretraining (once, in the pilot)
-    pilot_tokens: int  # the pilot's quick trainee base, for calibration only
     extend: Training  # every arm's extension (the FLOPs-matched arm takes more steps)
     judge_extend: Training  # the weak scorer extended uniformly: the judge
     corpus_max_bytes: int | None = None  # None: all Python on the machine
@@ -138,16 +137,15 @@ class BlockProfile:
         return math.ceil(self.weak_tokens / (self.pretrain.batch * self.short_len))
 
     @property
-    def pilot_steps(self) -> int:
-        return math.ceil(self.pilot_tokens / (self.pretrain.batch * self.short_len))
-
-    @property
     def arms(self) -> tuple[BlockArm, ...]:
         return block_arms(self.short_len, self.selection_arms)
 
 
 # The pilot sweeps, per the eval's options: passkey look-alike distractors, and same-form
-# key/value pairs whose keys share more and more letters. idrecall has no knob: natural items.
+# key/value pairs, more of them, whose keys share more and more letters. idrecall has no knob:
+# natural items. The easy ends are as easy as the options go: a passkey with no decoys, kv with
+# 2 pairs (on the pilot's first, weaker base, no-decoy passkey was 0.30 and kv-32 0.20 at
+# 1k-4k); the hard end of kv-shared 2 is its capacity, 23 keys one letter apart.
 KNOBS = (
     Knob(
         "passkey",
@@ -160,7 +158,7 @@ KNOBS = (
         "kv",
         tuple(
             {"--kv-pairs": n, "--kv-shared": s}
-            for n, s in ((8, 0), (32, 0), (32, 1), (64, 1), (64, 2), (128, 2))
+            for n, s in ((2, 0), (4, 0), (8, 0), (16, 0), (32, 0), (64, 1), (20, 2))
         ),
     ),
 )
@@ -190,12 +188,11 @@ BLOCK_PROFILES = {
         short_len=512,
         long_len=4096,
         rope_theta=10000.0,
-        # 250M tokens (~8.5 per parameter): about 4 min at the ~200 TFLOP/s the trainer's speed
-        # flags reach on this model at 512 (bench/results/trainer_h200.json, batch 128).
+        # 250M tokens (~8.5 per parameter): 4.5 min at the 930k tokens/s the pilot measured on
+        # this model at 512 (its base is pretrained the same way, with seed 0).
         pretrain_tokens=250_000_000,
         pretrain=Training(steps=0, batch=128, micro_batch=128, lr=1e-3, min_lr=1e-4, warmup=100),
         weak_tokens=150_000_000,
-        pilot_tokens=30_000_000,
         # 80 x 16 x 4096 = 5.2M tokens per arm.
         extend=Training(steps=80, batch=16, micro_batch=16, lr=3e-4, min_lr=3e-5, warmup=8),
         judge_extend=Training(steps=150, batch=16, micro_batch=16, lr=3e-4, min_lr=3e-5, warmup=15),
@@ -224,7 +221,6 @@ BLOCK_PROFILES = {
         pretrain_tokens=8 * 32 * 20,
         pretrain=Training(steps=0, batch=8, micro_batch=8, lr=3e-3, min_lr=3e-4, warmup=2),
         weak_tokens=8 * 32 * 10,
-        pilot_tokens=8 * 32 * 10,
         extend=Training(steps=3, batch=2, micro_batch=2, lr=1e-3, min_lr=1e-4, warmup=1),
         judge_extend=Training(steps=2, batch=2, micro_batch=2, lr=1e-3, min_lr=1e-4, warmup=1),
         corpus_max_bytes=2_000_000,

@@ -4,7 +4,7 @@ one stopped; a cold machine redoes what is missing (nothing but JSON has to surv
 
 Once, before block 1 (the pilot):
     corpus -> tokenizer -> prepare -> weak (weak scorer + judge, carried in the repository)
-    -> pilot-pretrain -> pilot-extend -> calibrate (bench/quality/calibration.json)
+    -> pilot-pretrain (like a block's) -> pilot-extend -> calibrate (bench/quality/calibration.json)
 Per block N (seed N):
     corpus -> prepare -> init -> pretrain -> scorers -> extend (every arm) -> eval -> diagnose
     -> record
@@ -39,6 +39,7 @@ class BlockContext:
     carried: Path  # tokenizer/, weak/, judge/, provenance.json
     calibration: Path
     results: Path  # directory of quality_block*.json and the summary
+    makes_carried: bool = False  # pilot-a: may train the tokenizer, weak scorer and judge
 
     def path(self, *parts) -> Path:
         return self.work.joinpath(*parts)
@@ -83,14 +84,24 @@ def corpus(ctx: BlockContext) -> None:
                 f"this machine's corpus (list_hash {built}) is not the one the carried tokenizer "
                 f"and weak scorer were trained on ({carried}); run the pilot on this machine"
             )
+    elif not ctx.makes_carried:
+        raise PipelineError(_NOT_CARRIED.format(what=provenance))
+
+
+_NOT_CARRIED = (
+    "no {what}: the carried tokenizer, weak scorer and judge come from pilot-a (commit "
+    "bench/quality/carried); this group uses them and never retrains them"
+)
 
 
 def tokenizer(ctx: BlockContext) -> None:
+    """The carried tokenizer, trained once by pilot-a: the carried models and every block's
+    shards depend on it, so no later call retrains it."""
     out = ctx.carried / "tokenizer"
     if (out / "tokenizer.json").is_file():
         return
-    if ctx.block is not None:
-        raise PipelineError(f"no carried tokenizer in {ctx.carried}: run the pilot first")
+    if not ctx.makes_carried or (ctx.carried / "provenance.json").is_file():
+        raise PipelineError(_NOT_CARRIED.format(what=out / "tokenizer.json"))
     argv = TOKENWEIGHT + ["tokenizer"]
     argv += flags(corpus=ctx.path("corpus"), vocab_size=ctx.profile.vocab_size, out=out)
     ctx.runner.run(Job("tokenizer", argv, "tokenizer"))
@@ -122,8 +133,8 @@ def weak(ctx: BlockContext) -> None:
     p, carried = ctx.profile, ctx.carried
     if all((carried / name / "config.json").is_file() for name in ("weak", "judge")):
         return
-    if ctx.block is not None:
-        raise PipelineError(f"no carried weak scorer and judge in {carried}: run the pilot first")
+    if not ctx.makes_carried:
+        raise PipelineError(_NOT_CARRIED.format(what=f"weak scorer and judge in {carried}"))
     run = ctx.path("pilot", "weak")
     _init(ctx, p.weak, run / "init", seed=1000)
     _pretrain(ctx, run / "init", run / "pretrain", p.weak_steps, seed=1000)
@@ -141,10 +152,12 @@ def weak(ctx: BlockContext) -> None:
 
 
 def pilot_pretrain(ctx: BlockContext) -> None:
-    """A quickly pretrained trainee-size base: only the calibration reads it."""
+    """A trainee-size base pretrained as a block's is (the same tokens; seed 0, which no block
+    has), so that the tasks are calibrated on a model as strong as the ones they will compare:
+    only the calibration reads it."""
     run = ctx.path("pilot", "base")
     _init(ctx, ctx.profile.trainee, run / "init", seed=0)
-    _pretrain(ctx, run / "init", run / "pretrain", ctx.profile.pilot_steps, seed=0)
+    _pretrain(ctx, run / "init", run / "pretrain", ctx.profile.pretrain_steps, seed=0)
 
 
 def pilot_extend(ctx: BlockContext) -> None:

@@ -1,8 +1,9 @@
 """The pilot's calibration: each task's difficulty knob swept on a uniform extension of a
-quickly pretrained base, and the setting that puts uniform's accuracy at distances 2k..long
-(1k-4k tokens for k = 512) inside the target range, nearest its middle, frozen in
+base pretrained like a block's, and the setting that puts uniform's accuracy at distances
+2k..long (1k-4k tokens for k = 512) inside the target range, nearest its middle, frozen in
 calibration.json. The blocks read that file and never change it: tasks are set before any arm
-is compared, on a model that is none of theirs.
+is compared, on a model that is none of theirs. A setting whose eval fails is recorded as
+failed, with the error, and the sweep goes on without it.
 """
 
 import json
@@ -41,21 +42,22 @@ def run(ctx, model: Path) -> None:
     if plain and not (out / "plain.json").is_file():
         argv = eval_argv(ctx, model, out / "plain.json", 0, plain, **SMALL)
         jobs.append(Job("calibrate-plain", argv, "calibrate"))
-    ctx.runner.run_parallel(jobs)
+    failures = ctx.runner.run_parallel(jobs, keep_going=True)
 
     lo, hi = 2 * p.short_len, p.long_len
+
+    def measure(name: str, task: str, setting: dict) -> dict:
+        if f"calibrate-{name}" in failures:
+            return {"flags": setting, "failed": _last_line(failures[f"calibrate-{name}"])}
+        return {"flags": setting, **far_accuracy(_load(out / f"{name}.json"), task, lo, hi)}
+
     tasks = {}
     for k in p.knobs:
-        sweep = [
-            {"flags": setting, **far_accuracy(_load(out / f"{k.task}-{i}.json"), k.task, lo, hi)}
-            for i, setting in enumerate(k.settings)
-        ]
+        sweep = [measure(f"{k.task}-{i}", k.task, s) for i, s in enumerate(k.settings)]
         tasks[k.task] = {**pick(sweep, p.target_accuracy), "sweep": sweep}
-    if plain:
-        e = _load(out / "plain.json")
-        for task in plain:
-            measured = {"flags": {}, **far_accuracy(e, task, lo, hi)}
-            tasks[task] = {**measured, "in_range": _inside(measured, p.target_accuracy)}
+    for task in plain:
+        measured = measure("plain", task, {})
+        tasks[task] = {**measured, "in_range": _inside(measured, p.target_accuracy)}
     calibration = {
         "format": FORMAT,
         "profile": p.name,
@@ -68,10 +70,13 @@ def run(ctx, model: Path) -> None:
     ctx.calibration.parent.mkdir(parents=True, exist_ok=True)
     ctx.calibration.write_text(json.dumps(calibration, indent=1) + "\n")
     for task, t in tasks.items():
-        print(
-            f"calibrate: {task} {t['flags']} -> uniform {t['accuracy']:.2f} at {lo}-{hi} "
-            f"({t['items']} items){'' if t['in_range'] else ' (OUTSIDE the target range)'}"
-        )
+        for failed in [s for s in t.get("sweep", [t]) if "failed" in s]:
+            print(f"calibrate: {task} {failed['flags']} FAILED: {failed['failed']}")
+        if "failed" not in t:
+            print(
+                f"calibrate: {task} {t['flags']} -> uniform {t['accuracy']:.2f} at {lo}-{hi} "
+                f"({t['items']} items){'' if t['in_range'] else ' (OUTSIDE the target range)'}"
+            )
 
 
 def far_accuracy(e: dict, task: str, lo: int, hi: int) -> dict:
@@ -86,10 +91,14 @@ def far_accuracy(e: dict, task: str, lo: int, hi: int) -> dict:
 
 def pick(sweep: list[dict], target: tuple[float, float]) -> dict:
     """The setting inside the target range nearest its middle; if none is inside, the one
-    nearest the range (marked `in_range: false`, for a person to look at before block 1)."""
+    nearest the range (marked `in_range: false`, for a person to look at before block 1).
+    Failed settings are passed over."""
     lo, hi = target
     middle = (lo + hi) / 2
-    measured = [s for s in sweep if not np.isnan(s["accuracy"])]
+    if all("failed" in s for s in sweep):
+        failed = "; ".join(f"{s['flags']}: {s['failed']}" for s in sweep)
+        raise PipelineError(f"every calibration setting failed: {failed}")
+    measured = [s for s in sweep if "failed" not in s and not np.isnan(s["accuracy"])]
     if not measured:
         raise PipelineError("no calibration item fell in the distance range; raise the items")
     inside = [s for s in measured if lo <= s["accuracy"] <= hi]
@@ -114,7 +123,12 @@ def eval_flags(ctx) -> list[str]:
 
 
 def _inside(measured: dict, target: tuple[float, float]) -> bool:
-    return bool(target[0] <= measured["accuracy"] <= target[1])
+    return "failed" not in measured and bool(target[0] <= measured["accuracy"] <= target[1])
+
+
+def _last_line(exc: Exception) -> str:
+    """The error a failed eval ended with (its log's last line)."""
+    return str(exc).strip().splitlines()[-1]
 
 
 def _flat(setting: dict) -> list[str]:

@@ -53,12 +53,13 @@ class Runner:
         proc, log, started = self._start(job, None)
         self._finish(job, proc, log, started, None)
 
-    def run_parallel(self, jobs: list[Job]) -> None:
-        """Run `jobs` at most one per slot at a time; the first failure stops new starts."""
-        pending, running, failure = list(jobs), {}, None
+    def run_parallel(self, jobs: list[Job], keep_going: bool = False) -> dict[str, PipelineError]:
+        """Run `jobs` at most one per slot at a time. The first failure stops new starts and is
+        raised; with `keep_going` every job runs and the failures come back by job name."""
+        pending, running, failures = list(jobs), {}, {}
         free = list(self.slots)
         while pending or running:
-            while pending and free and failure is None:
+            while pending and free and (keep_going or not failures):
                 job, slot = pending.pop(0), free.pop(0)
                 running[job.name] = (job, slot, *self._start(job, slot))
             time.sleep(0.5)
@@ -70,9 +71,10 @@ class Runner:
                 try:
                     self._finish(job, proc, log, started, slot)
                 except PipelineError as exc:
-                    failure = failure or exc
-            if failure and not running:
-                raise failure
+                    failures[name] = exc
+            if failures and not running and not keep_going:
+                raise next(iter(failures.values()))
+        return failures
 
     def _start(self, job: Job, slot: str | None):
         env = child_env(PYTHONUNBUFFERED="1")

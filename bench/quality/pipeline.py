@@ -6,7 +6,7 @@ The second replication (profiles `block`, `block-smoke`; see block_pipeline.py):
     python -m bench.quality.pipeline pilot --profile block-smoke --work /tmp/tw-bs      # CPU
     python -m bench.quality.pipeline block --block 1 --profile block-smoke --work /tmp/tw-bs
     python -m bench.quality.pipeline pilot-a --profile block --export "$OUT"  # docs/RESULTS.md
-    python -m bench.quality.pipeline estimate --profile block --tflops 60
+    python -m bench.quality.pipeline estimate --profile block   # from the pilot's measured rates
 
 The first, smaller replication (profiles `h200`, `smoke`):
 
@@ -107,13 +107,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tflops",
         type=float,
-        default=estimate_module.ASSUMED_TFLOPS,
-        help="estimate: sustained bf16 TFLOP/s per GPU assumed",
+        help="estimate: sustained bf16 TFLOP/s per GPU assumed (default: "
+        f"{estimate_module.ASSUMED_TFLOPS:.0f}; block profiles: the measured --rate)",
+    )
+    parser.add_argument(
+        "--rate",
+        nargs="+",
+        default=[],
+        metavar="STAGE=TOKENS_PER_S",
+        help="estimate, block profiles: measured training tokens/s (pretrain=, extend=) in place "
+        "of the pilot's",
+    )
+    parser.add_argument(
+        "--record",
+        help="estimate, block profiles: a block's record (quality_blockN.json) whose measured "
+        "training TFLOP/s set the rates",
     )
     args = parser.parse_args(argv)
     if args.profile in BLOCK_PROFILES:
         if args.stages == ["estimate"]:
-            print(block_estimate.table(BLOCK_PROFILES[args.profile], args.tflops))
+            profile = BLOCK_PROFILES[args.profile]
+            record = json.loads(Path(args.record).read_text()) if args.record else None
+            try:
+                rates = block_estimate.parse_rates(
+                    args.rate, record and block_estimate.record_rates(profile, record)
+                )
+            except ValueError as exc:
+                parser.error(str(exc))
+            print(block_estimate.table(profile, block_estimate.Speeds(rates, args.tflops)))
             return 0
         if args.stages == ["unpack"]:
             if not args.source:
@@ -126,7 +147,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.stages == ["estimate"]:
         print(
-            estimate_module.table(profile, args.gpus, args.tflops, len(args.seeds or profile.seeds))
+            estimate_module.table(
+                profile,
+                args.gpus,
+                args.tflops or estimate_module.ASSUMED_TFLOPS,
+                len(args.seeds or profile.seeds),
+            )
         )
         return 0
     if args.stages == ["unpack"]:

@@ -3,12 +3,15 @@ tokens before the answer, items depend only on the seed, and scoring by likeliho
 oracle 100% and a model that knows nothing exactly chance."""
 
 import ast
+import random
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 from eval_helpers import code_tokenizer, source_texts
-
+from tokenizers import Tokenizer
+from tokenweight.trainer.evals import tasks
 from tokenweight.trainer.evals.filler import Filler, code_blocks
 from tokenweight.trainer.evals.retrieval import accuracy_summary, answer_items, credit
 from tokenweight.trainer.evals.stats import bucket_index, doubling_edges
@@ -20,6 +23,8 @@ from tokenweight.trainer.evals.tasks import (
     TaskError,
     generate,
 )
+
+from bench.quality.block_profiles import KNOBS
 
 SEQ_LEN = 512
 EDGES = tuple(doubling_edges(64, SEQ_LEN))
@@ -186,3 +191,71 @@ def test_too_short_a_context_is_refused(setup):
     _, codec, filler = setup
     with pytest.raises(ValueError, match="too short"):
         generate("dict", TaskConfig(24, (0, 12, 24), 1), codec, filler)
+
+
+CARRIED_TOKENIZER = Path(__file__).parents[2] / "bench/quality/carried/tokenizer/tokenizer.json"
+LONG = TaskConfig(4096, (0, 512, 1024, 2048, 4096))
+
+
+@pytest.fixture(scope="module")
+def carried_codec():
+    return Codec(Tokenizer.from_file(str(CARRIED_TOKENIZER)))
+
+
+class FirstNumber(random.Random):
+    """A seeded rng whose first randint is `first`: the value the pilot's item drew."""
+
+    def __init__(self, first: int, seed: int):
+        super().__init__(seed)
+        self.first = [first]
+
+    def randint(self, a, b):
+        return self.first.pop() if self.first else super().randint(a, b)
+
+
+def _stuck_drafts(codec):
+    """The pilot's two failures with the carried tokenizer: ' 33333' (2 tokens) whose 16
+    decoys two digits off all take 3-4 tokens, and ' 4096' (1 token) among 4-digit values of 2,
+    where only 9 of the 9,000 fresh 4-digit numbers are one token."""
+    passkey_cfg = tasks.dataclasses.replace(LONG, passkey_distractors=16, passkey_differ=2)
+    passkey = tasks._passkey_draft(FirstNumber(33333, 0), 1500, passkey_cfg, codec)
+    kv_cfg = tasks.dataclasses.replace(LONG, kv_pairs=8)
+    kv = tasks._kv_draft(random.Random(0), 1500, kv_cfg, codec)
+    kv = tasks.dataclasses.replace(kv, before=kv.before.rsplit(" ", 1)[0] + " =", value=" 4096")
+    return {"passkey": (passkey_cfg, passkey), "kv": (kv_cfg, kv)}
+
+
+@pytest.mark.parametrize("task", ["passkey", "kv"])
+def test_a_value_without_same_length_alternatives_is_redrawn(carried_codec, task):
+    cfg, stuck = _stuck_drafts(carried_codec)[task]
+    assert stuck.value in (" 33333", " 4096")
+    rng = random.Random(7)
+    assert tasks._distractors(stuck, rng, carried_codec, 3) is None  # what the pilot hit
+    drafts = iter([stuck])
+    draw = lambda: next(drafts, None) or tasks.DRAFTS[task](rng, 1500, cfg, carried_codec)
+    draft, distractors = tasks.drafted(draw, rng, carried_codec, cfg)
+    assert draft is not stuck and next(drafts, None) is None  # the stuck draft was drawn first
+    lengths = {carried_codec.count(t) for t in [draft.value, *distractors]}
+    assert len(lengths) == 1 and len({draft.value, *distractors}) == 4
+
+
+def test_a_setting_no_value_can_satisfy_is_refused(carried_codec):
+    """With more choices than there are one-token 4-digit numbers, a one-token value can never
+    be answered: after REDRAWS drafts the setting is refused with a coded error."""
+    cfg = tasks.dataclasses.replace(LONG, choices=10)
+    stuck = tasks.Draft("x =", " 4096", [], [], lambda rng: f" {rng.choice([1000, 1024])}")
+    with pytest.raises(TaskError, match="--choices"):
+        tasks.drafted(lambda: stuck, random.Random(0), carried_codec, cfg)
+
+
+@pytest.mark.parametrize("task, setting", [(k.task, s) for k in KNOBS for s in k.settings], ids=str)
+def test_every_calibration_setting_makes_well_formed_items(carried_codec, task, setting):
+    """Every setting the pilot sweeps, with the carried tokenizer at the block's 4096 tokens:
+    items of equal-length candidates with the fact at the stated distance."""
+    knobs = {flag[2:].replace("-", "_"): value for flag, value in setting.items()}
+    cfg = tasks.dataclasses.replace(LONG, items_per_bucket=2, seed=3, **knobs)
+    filler = Filler(code_blocks(source_texts(), 1024, carried_codec.count), carried_codec.count)
+    for item in generate(task, cfg, carried_codec, filler):
+        assert len({len(c) for c in item.candidates}) == 1 and len(item.candidates) == 4
+        answer = item.candidates[item.answer]
+        assert _occurrences(item.prompt, answer) == [len(item.prompt) - item.distance]

@@ -5,6 +5,7 @@ choice of task settings, the equal-FLOPs arm and faithful LongCE's flags."""
 import contextlib
 import json
 import math
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -288,3 +289,103 @@ def test_selection_arms_refuse_to_train_without_the_selection(tmp_path, monkeypa
     monkeypatch.setattr(block_stages, "scorer_server", lambda *a: contextlib.nullcontext("url"))
     with pytest.raises(PipelineError, match="select stage"):
         block_stages.extend(ctx)
+
+
+# A stand-in for `tokenweight eval` in a real subprocess: items at 64..255 tokens whose mean
+# credit falls with the setting's first number, or the pilot's error for 4 kv pairs.
+FAKE_EVAL = """
+import json, os, sys
+out, task, *setting = sys.argv[1:]
+n = int(setting[1]) if setting else 0
+if setting[:2] == ["--kv-pairs", "4"]:
+    sys.exit("tokenweight eval: error: could not draw 3 distractors as long as the answer ' 4096'")
+right = round(20 / (1 + n / 8))
+items = [{"task": task, "distance": 64 + i, "credit": float(i < right)} for i in range(20)]
+os.makedirs(os.path.dirname(out), exist_ok=True)
+json.dump({"items": {"retrieval": items}}, open(out, "w"))
+"""
+
+
+def test_calibration_records_a_failing_setting_and_sweeps_on(tmp_path, monkeypatch):
+
+    ctx = make_block(tmp_path, 1, 0.0)  # the pilot: only its paths are read
+    model = ctx.path("pilot", "uniform", "model")
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    monkeypatch.setattr(
+        block_stages,
+        "eval_argv",
+        lambda ctx, model, out, seed, tasks, **kw: [
+            sys.executable,
+            "-c",
+            FAKE_EVAL,
+            str(out),
+            *tasks,
+        ],
+    )
+    calibrate.run(ctx, model)
+    tasks = json.loads(ctx.calibration.read_text())["tasks"]
+    kv = {s["flags"]["--kv-pairs"]: s for s in tasks["kv"]["sweep"]}
+    assert kv[4]["failed"].endswith("could not draw 3 distractors as long as the answer ' 4096'")
+    assert kv[2]["accuracy"] == pytest.approx(16 / 20)  # round(20 / 1.25)
+    assert tasks["kv"]["flags"] == {"--kv-pairs": 2, "--kv-shared": 0} and tasks["kv"]["in_range"]
+    # passkey: no decoys 1.0 (above), 4 decoys 13/20 = 0.65 (inside): the sweep went on.
+    assert tasks["passkey"]["flags"] == {"--passkey-distractors": 4, "--passkey-differ": 5}
+    assert tasks["idrecall"]["accuracy"] == 1.0 and not tasks["idrecall"]["in_range"]
+    assert calibrate.eval_flags(ctx) == [
+        "--passkey-distractors", "4", "--passkey-differ", "5", "--kv-pairs", "2", "--kv-shared", "0"
+    ]  # fmt: skip
+
+
+def test_calibration_refuses_a_knob_whose_every_setting_failed():
+    sweep = [{"flags": {"--n": n}, "failed": "boom"} for n in (1, 2)]
+    with pytest.raises(PipelineError, match="every calibration setting failed"):
+        calibrate.pick(sweep, (0.3, 0.85))
+
+
+def test_later_calls_use_the_carried_tokenizer_and_never_retrain_it(tmp_path):
+    """pilot-b, pilot-c and blocks (makes_carried False) stop where pilot-a's models are missing
+    or were made from another corpus; nothing is started (no command is logged)."""
+
+    ctx = make_block(tmp_path, 1, 0.0)
+    manifest = ctx.path("corpus", "manifest.json")
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"list_hash": "abc"}))
+    with pytest.raises(PipelineError, match="provenance.json: the carried"):
+        block_stages.corpus(ctx)
+    with pytest.raises(PipelineError, match="never retrains"):
+        block_stages.tokenizer(ctx)
+    # pilot-a may train it, but not over carried models that name their corpus.
+    (tmp_path / "provenance.json").write_text(json.dumps({"corpus_list_hash": "def"}))
+    ctx.makes_carried = True
+    with pytest.raises(PipelineError, match="never retrains"):
+        block_stages.tokenizer(ctx)
+    with pytest.raises(PipelineError, match=r"list_hash abc\) is not the one"):
+        block_stages.corpus(ctx)
+    assert not (tmp_path / "commands.jsonl").exists()
+
+
+def test_estimate_from_measured_rates_and_the_pilot_split():
+    from bench.quality import block_estimate as be
+
+    p = BLOCK_PROFILES["block"]
+    measured = be.Speeds()
+    stages = {(s.call, s.name): s.seconds for s in be.stages(p, measured)}
+    tokens = p.pretrain_steps * p.pretrain.batch * p.short_len
+    # The pilot's base is a block's: same tokens at the measured 930k tokens/s, plus a job.
+    assert stages["pilot-b", "pilot-pretrain"] == stages["block-a", "pretrain"]
+    assert stages["block-a", "pretrain"] == pytest.approx(tokens / 930_000 + be.JOB_S["train"])
+    calls = be.call_minutes(p, measured)
+    assert calls["pilot-b"] + calls["pilot-c"] > 9.5  # hence two calls
+    assert all(m < 9.5 for m in calls.values())  # each fits a device call with room to spare
+    # One TFLOP/s for all: a training stage's rate is that over its FLOPs per token.
+    flat = be.Speeds(tflops=100.0)
+    per_token = 3 * forward(p.trainee, p.vocab_size, p.short_len) / p.short_len
+    assert flat.train_rate(p, "pretrain") * per_token == pytest.approx(100e12)
+    assert be.parse_rates(["extend=500000"]) == {"pretrain": 930_000.0, "extend": 500_000.0}
+    with pytest.raises(ValueError, match="STAGE=TOKENS_PER_S"):
+        be.parse_rates(["judge=1"])
+    # A record's TFLOP/s back to tokens/s: the pilot's 930k tokens/s at 512, as a record has it.
+    record = {"progress": {"training_tflops": {"pretrain": 930_000 * per_token / 1e12}}}
+    rates = be.record_rates(p, record)
+    assert rates["pretrain"] == pytest.approx(930_000) and rates["extend"] == 726_000

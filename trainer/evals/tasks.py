@@ -18,7 +18,8 @@ Each item states a fact early in a file and asks for it at the end, `distance` t
 `distance` is exact, in tokens of the item's own sequence: from the first token of the fact's
 value to the first answer token. An item is answered by likelihood (see retrieval.py) among
 `choices` candidates of the same token length, so a model that knows nothing scores exactly
-chance. Items depend only on the seed, the tokenizer and the filler texts.
+chance; a value with too few alternatives of its token length is redrawn. Items depend only on
+the seed, the tokenizer and the filler texts.
 """
 
 import dataclasses
@@ -38,6 +39,8 @@ GAP = None  # a place in a draft where filler goes
 LETTERS = "abcdefghjkmnpqrstuvwxyz"
 KEY_LETTERS = 3  # letters of a kv key's suffix
 MAX_DECOYS = 40  # fewer than the 44 numbers one digit off a passkey, the fewest there are
+REDRAWS = 50  # drafts tried for one item before its settings are declared impossible
+FRESH_DRAWS = 1000  # fresh distractors tried for one draft
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,7 @@ def generate(task: str, cfg: TaskConfig, codec: Codec, filler: Filler) -> list[I
 
 
 def _make_item(task, bucket, rng, target, cfg, codec, filler) -> Item:
-    draft = DRAFTS[task](rng, target, cfg, codec)
+    draft, distractors = drafted(lambda: DRAFTS[task](rng, target, cfg, codec), rng, codec, cfg)
     answer = codec.ids(draft.value)
     gaps = sum(piece is GAP for piece in draft.after)
     ids, fact = _assemble(codec, draft, "", [""] * gaps)
@@ -170,7 +173,7 @@ def _make_item(task, bucket, rng, target, cfg, codec, filler) -> Item:
         if pre_budget == 0:
             raise TaskError(f"a {task!r} item came out longer than --seq-len {cfg.seq_len}")
         pre_budget = max(0, pre_budget - overflow - 8)
-    candidates = [draft.value] + _distractors(draft, rng, codec, len(answer), cfg.choices - 1)
+    candidates = [draft.value, *distractors]
     order = list(range(len(candidates)))
     rng.shuffle(order)
     return Item(
@@ -192,16 +195,34 @@ def _assemble(codec: Codec, draft: Draft, pre: str, gap_texts: list[str]) -> tup
     return codec.locate(head + draft.value + tail, len(head))
 
 
-def _distractors(draft: Draft, rng, codec: Codec, length: int, need: int) -> list[str]:
-    """Distractors as long in tokens as the answer: the context's own first, then fresh ones."""
+def drafted(draw: Callable[[], Draft], rng, codec: Codec, cfg: TaskConfig):
+    """(draft, distractors): a draft whose answer has `choices - 1` distractors of its token
+    length. Some values have too few (a one-token ' 33333' whose one-digit look-alikes all take
+    two tokens, a one-token ' 4096' among two-token values): they are redrawn with the item's
+    rng, so that any setting can make all of its items."""
+    for _ in range(REDRAWS):
+        draft = draw()
+        chosen = _distractors(draft, rng, codec, cfg.choices - 1)
+        if chosen is not None:
+            return draft, chosen
+    raise TaskError(
+        f"no value drawn in {REDRAWS} drafts had {cfg.choices - 1} distractors of its token "
+        "length; lower --choices"
+    )
+
+
+def _distractors(draft: Draft, rng, codec: Codec, need: int) -> list[str] | None:
+    """Distractors as long in tokens as the answer: the context's own first, then fresh ones;
+    None if `need` of them were not found."""
+    length = codec.count(draft.value)
     chosen = []
-    fresh = (draft.fresh(rng) for _ in range(1000))
+    fresh = (draft.fresh(rng) for _ in range(FRESH_DRAWS))
     for text in [*draft.pool, *fresh]:
         if len(chosen) == need:
             return chosen
         if text != draft.value and text not in chosen and codec.count(text) == length:
             chosen.append(text)
-    raise TaskError(f"could not draw {need} distractors as long as the answer {draft.value!r}")
+    return None
 
 
 def _number(low: int, high: int) -> Callable[[random.Random], str]:
