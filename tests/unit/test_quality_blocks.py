@@ -307,7 +307,6 @@ json.dump({"items": {"retrieval": items}}, open(out, "w"))
 
 
 def test_calibration_records_a_failing_setting_and_sweeps_on(tmp_path, monkeypatch):
-
     ctx = make_block(tmp_path, 1, 0.0)  # the pilot: only its paths are read
     model = ctx.path("pilot", "uniform", "model")
     model.mkdir(parents=True)
