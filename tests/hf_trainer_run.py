@@ -1,5 +1,5 @@
 """A Hugging Face Trainer run with tokenweight's collator and loss, started by torchrun from
-tests/test_integration_transformers.py. Its settings mirror `torchrun_args` of
+tests/e2e/test_integration_transformers.py. Its settings mirror `torchrun_args` of
 train_helpers.py (tokenweight's own trainer) so the two runs' losses can be compared:
 the same checkpoint, rows in the same per-rank order, AdamW, constant learning rate, clipping.
 
