@@ -9,40 +9,47 @@ prints each line's N highest-scoring tokens as a table instead of JSON.
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 
 from tokenweight.bundled import model_or_default
 from tokenweight.contrast import no_contrast_warning
+from tokenweight.flags import add_flags, flag
+
+
+@dataclass(frozen=True)
+class ScoreArgs:
+    """The flags of `tokenweight score`, each with its default and help."""
+
+    url: str | None = flag(
+        None, "a running server: grpc://HOST:PORT or http://HOST:PORT", exclusive="where"
+    )
+    model: str | None = flag(
+        None,
+        "score locally with this checkpoint directory (default: the bundled code model)",
+        exclusive="where",
+    )
+    short_model: str | None = flag(None, "separate short-context model (local mode)")
+    scorer: str | None = flag(None, "scorer name on the server (default: its default)")
+    window: int | None = flag(None, "short-context window k")
+    stride: int | None = flag(None, "chunk stride s (default 3k/4)")
+    device: str | None = flag(None, "cpu, cuda or cuda:N (local mode; default: cuda if any)")
+    dtype: str | None = flag(None, "float32, bfloat16 or float16 (local mode)")
+    batch_size: int = flag(16, "lines scored per call")
+    input: str | None = flag(None, "JSON lines file (default: stdin)")
+    retry_for: float = flag(
+        60.0,
+        "with --url, keep trying a server that is starting or unreachable this long",
+        metavar="SECONDS",
+    )
+    top: int | None = flag(
+        None,
+        "print each line's N highest-scoring tokens, in context, instead of JSON",
+        metavar="N",
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--url", help="a running server: grpc://HOST:PORT or http://HOST:PORT")
-    where.add_argument(
-        "--model",
-        help="score locally with this checkpoint directory (default: the bundled code model)",
-    )
-    parser.add_argument("--short-model", help="separate short-context model (local mode)")
-    parser.add_argument("--scorer", help="scorer name on the server (default: its default)")
-    parser.add_argument("--window", type=int, help="short-context window k")
-    parser.add_argument("--stride", type=int, help="chunk stride s (default 3k/4)")
-    parser.add_argument("--device", help="cpu, cuda or cuda:N (local mode; default: cuda if any)")
-    parser.add_argument("--dtype", help="float32, bfloat16 or float16 (local mode)")
-    parser.add_argument("--batch-size", type=int, default=16, help="lines scored per call")
-    parser.add_argument("--input", help="JSON lines file (default: stdin)")
-    parser.add_argument(
-        "--retry-for",
-        type=float,
-        default=60.0,
-        metavar="SECONDS",
-        help="with --url, keep trying a server that is starting or unreachable this long "
-        "(default 60)",
-    )
-    parser.add_argument(
-        "--top",
-        type=int,
-        metavar="N",
-        help="print each line's N highest-scoring tokens, in context, instead of JSON",
-    )
+    add_flags(parser, ScoreArgs)
 
 
 class InputError(ValueError):

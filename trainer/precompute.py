@@ -13,10 +13,12 @@ are stored exactly as the service returned them.
 import logging
 import sys
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 
 import numpy as np
 
 from tokenweight.contrast import no_contrast_warning
+from tokenweight.flags import add_flags, flag
 
 from .data import DataFormatError, TokenShards
 from .score_store import ScoreStore, ScoreStoreError, StoreMeta, read_meta
@@ -31,42 +33,47 @@ class PrecomputeError(ValueError):
     """Settings or scorer answers precompute cannot use; the message names the fix."""
 
 
+@dataclass(frozen=True)
+class PrecomputeArgs:
+    """The flags of `tokenweight precompute`, each with its default and help."""
+
+    data: str = flag(help="prepared dataset directory (tokenweight prepare --out)")
+    scorer_url: str = flag(
+        help="grpc://HOST:PORT[,grpc://HOST2:PORT], dns:///NAME:PORT or ipv4:A:PORT,B:PORT"
+    )
+    out: str = flag(help="score store directory (resumed if it exists)")
+    scorer: str | None = flag(None, "scorer name on the server (default: the server's default)")
+    window: int | None = flag(None, "short-context window k (default: the scorer's)")
+    stride: int | None = flag(
+        None, "chunk stride s (default: the scorer's, or 3k/4 with --window)"
+    )
+    batch_size: int | None = flag(
+        None, "sequences per request (default: what fits the server's request limit, at most 8)"
+    )
+    concurrency: int | None = flag(None, "requests in flight (default: 4 per URL)")
+    timeout: float = flag(600.0, "seconds per request attempt")
+    retry_for: float = flag(
+        600.0,
+        "keep retrying an unreachable or busy scorer this many seconds (logged) before giving "
+        "up; rerun to resume",
+    )
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument(
-        "--data", required=True, help="prepared dataset directory (tokenweight prepare --out)"
-    )
-    parser.add_argument("--scorer-url", required=True, help="grpc://HOST:PORT[,grpc://HOST2:PORT], dns:///NAME:PORT or ipv4:A:PORT,B:PORT")
-    parser.add_argument("--out", required=True, help="score store directory (resumed if it exists)")
-    parser.add_argument("--scorer", help="scorer name on the server (default: the server's default)")
-    parser.add_argument("--window", type=int, help="short-context window k (default: the scorer's)")
-    parser.add_argument(
-        "--stride", type=int, help="chunk stride s (default: the scorer's, or 3k/4 with --window)"
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        help="sequences per request (default: what fits the server's request limit, at most 8)",
-    )
-    parser.add_argument("--concurrency", type=int, help="requests in flight (default: 4 per URL)")
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per request attempt")
-    parser.add_argument(
-        "--retry-for",
-        type=float,
-        default=600.0,
-        help="keep retrying an unreachable or busy scorer this many seconds (logged) before "
-        "giving up; rerun to resume",
-    )
+    add_flags(parser, PrecomputeArgs)
 
 
 def run(args) -> int:
     from tokenweight.client import RetryPolicy, ScorerClient, ScorerError
+    from tokenweight.client.urls import parse_urls
 
     # the client logs each retry; without this a scorer outage would look like a hang
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    urls = [u.strip() for u in args.scorer_url.split(",") if u.strip()]
     try:
+        # The client parses the URL list (an `ipv4:A:P,B:P` target holds commas of its own).
+        endpoints = len(parse_urls(args.scorer_url))
         with ScorerClient(
-            urls, timeout=args.timeout, retry=RetryPolicy.for_duration(args.retry_for)
+            args.scorer_url, timeout=args.timeout, retry=RetryPolicy.for_duration(args.retry_for)
         ) as client:
             shards = TokenShards(args.data)
             info = _find_scorer(client, args.scorer, shards.seq_len)
@@ -79,9 +86,9 @@ def run(args) -> int:
                 stride=args.stride,
                 scorer=args.scorer,
                 batch_size=batch_size,
-                concurrency=args.concurrency or 4 * len(urls),
+                concurrency=args.concurrency or 4 * endpoints,
             )
-    except (DataFormatError, ScoreStoreError, PrecomputeError, ScorerError) as exc:
+    except (DataFormatError, ScoreStoreError, PrecomputeError, ScorerError, ValueError) as exc:
         print(f"tokenweight precompute: error: {exc}", file=sys.stderr)
         return 1
     print(

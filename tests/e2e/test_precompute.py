@@ -189,6 +189,12 @@ def test_cli_with_two_urls(servers, tmp_path, capsys):
     )
     assert "all 10 sequences" in capsys.readouterr().out
     assert ScoreStore.open(tmp_path / "store", shards.content_hash).complete
+    # a target gRPC balances itself, whose address list has commas of its own
+    address = servers.url.removeprefix("grpc://")
+    argv[3] = str(tmp_path / "balanced")
+    target = f"ipv4:{address},{address}"
+    assert precompute_mod.run(parser.parse_args([*argv, "--scorer-url", target])) == 0
+    assert ScoreStore.open(tmp_path / "balanced", shards.content_hash).complete
     # scorers with different settings behind one URL list: refused, not mixed into one store
     argv[3] = str(tmp_path / "mixed")
     assert (
