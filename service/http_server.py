@@ -55,7 +55,7 @@ class HttpFrontEnd:
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((config.host, config.http_port))
         self.port = self._socket.getsockname()[1]
-        app = create_app(service, config, metrics)
+        self._app = app = create_app(service, config, metrics)
         app.add_exception_handler(ClientDisconnect, _client_gone)
         self._server = _Server(
             uvicorn.Config(
@@ -91,3 +91,4 @@ class HttpFrontEnd:
         self._server.should_exit = True
         if self._task:
             await self._task
+        self._app.state.body_parser.shutdown(wait=False, cancel_futures=True)
