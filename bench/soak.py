@@ -376,13 +376,18 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=SoakConfig.seconds, help="soak phase")
     parser.add_argument("--clients", type=int, default=SoakConfig.clients, help="in all")
     parser.add_argument("--out", default="bench/results/soak_cpu.json", help="results JSON")
+    parser.add_argument(
+        "--pace", type=float, default=SoakConfig.pace_s, help="mean s between a client's requests"
+    )
     parser.add_argument("--seed", type=int, default=SoakConfig.seed)
     parser.add_argument("--abuse", type=int, metavar="PORT", help="be the abusers of this gRPC port")
     args = parser.parse_args()
     if args.abuse:
         print(json.dumps(abuse(args.abuse, args.seconds, args.seed + 999)))
         return 0
-    config = SoakConfig(seconds=args.seconds, clients=args.clients, seed=args.seed)
+    config = SoakConfig(
+        seconds=args.seconds, clients=args.clients, pace_s=args.pace, seed=args.seed
+    )
     with tempfile.TemporaryDirectory() as tmp:
         result = run_soak(config, tiny_model(Path(tmp)))
     import torch
