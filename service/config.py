@@ -158,6 +158,14 @@ class ServerConfig:
         group=NETWORK,
         repr=False,
     )
+    # With a token, metrics and the API docs need it too by default: they describe the
+    # deployment. Opening them lets Prometheus scrape and a browser read /docs without one.
+    open_operational_paths: bool = flag(
+        False,
+        "serve /metrics, /docs, /redoc and /openapi.json without the bearer token",
+        group=NETWORK,
+        flag="--open-metrics-and-docs",
+    )
     tls_cert: str | None = flag(
         None, "PEM certificate: serve gRPC and HTTP over TLS", group=NETWORK
     )

@@ -7,8 +7,9 @@ the engine and the gRPC path run without it.
 """
 
 import logging
+import multiprocessing
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -16,6 +17,7 @@ from fastapi.responses import Response
 from fastapi_offline import FastAPIOffline
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 import tokenweight
 from tokenweight.status import http_status
@@ -23,6 +25,8 @@ from tokenweight.status import http_status
 from .auth import BearerToken
 from .config import ServerConfig
 from .errors import ServiceError
+from .http_body import validation_message
+from .http_hardening import SecurityHeaders, TokenOnOperationalPaths
 from .http_routes import RETRY_AFTER_S, ClientGone, error_response, router
 from .metrics import Metrics
 from .scoring import ScoringService
@@ -104,15 +108,7 @@ class UnexpectedErrors:
             await error_response(500, message)(scope, receive, send)
 
 
-def _validation_message(exc) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
-    return "invalid request body: " + "; ".join(parts)
-
-
-async def _service_error(request, exc: ServiceError):
+def _service_error_response(exc: ServiceError):
     status = http_status(exc.status)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
     if status in (429, 503):  # a full queue or a draining server: worth a retry soon
@@ -120,8 +116,27 @@ async def _service_error(request, exc: ServiceError):
     return error_response(status, exc.message, **headers)
 
 
+async def _service_error(request, exc: ServiceError):
+    return _service_error_response(exc)
+
+
 async def _http_error(request, exc: HTTPException):
-    return error_response(exc.status_code, str(exc.detail))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        # Starlette names only the methods of the first route with this path.
+        headers["Allow"] = ", ".join(sorted(_methods_of(request)))
+    return error_response(exc.status_code, str(exc.detail), **headers)
+
+
+def _methods_of(request) -> set[str]:
+    """Every method some route serves at the request's path: the API's own routes and the
+    docs routes FastAPI adds to the app."""
+    methods = set()
+    scope = {"type": "http", "path": request.url.path, "method": request.method}
+    for route in [*router.routes, *request.app.routes]:
+        if getattr(route, "methods", None) and route.matches(scope)[0] != Match.NONE:
+            methods |= route.methods
+    return methods
 
 
 async def _client_gone(request, exc):
@@ -129,7 +144,7 @@ async def _client_gone(request, exc):
 
 
 async def _validation_error(request, exc):
-    return error_response(422, _validation_message(exc))
+    return error_response(422, validation_message(exc))
 
 
 def create_app(service: ScoringService, config: ServerConfig, metrics: Metrics) -> FastAPI:
@@ -145,9 +160,17 @@ def create_app(service: ScoringService, config: ServerConfig, metrics: Metrics) 
     app.state.max_body = body_limit(config)
     # Tokenizers are not safe to share between threads; one thread keeps the loop free.
     app.state.tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="tokenweight-tokenizer")
+    # Large bodies parse in their own process (see http_body); spawned, not forked, as the
+    # process runs gRPC's threads. It starts at the first large body.
+    app.state.body_parser = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"))
     app.include_router(router)
     app.add_middleware(UnexpectedErrors)
+    if app.state.token and not config.open_operational_paths:
+        app.add_middleware(
+            TokenOnOperationalPaths, token=app.state.token, refuse=_service_error_response
+        )
     app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(SecurityHeaders)
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(ClientGone, _client_gone)

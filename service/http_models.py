@@ -8,14 +8,18 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 from tokenweight.wire import OUTPUT_NAMES, ScorerInfo
 
 OutputName = Literal[OUTPUT_NAMES]
+UINT32_MAX = 2**32 - 1
 
 
 class ScoreBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     scorer: str = Field("", description="Scorer name; empty or absent selects the default")
-    window: int = Field(0, ge=0, description="Short-context window k; 0 = the scorer's default")
-    stride: int = Field(0, ge=0, description="Stride s; 0 = the default (3k/4)")
+    # The bounds of gRPC's uint32 fields, so both front ends accept the same values.
+    window: int = Field(
+        0, ge=0, le=UINT32_MAX, description="Short-context window k; 0 = the scorer's default"
+    )
+    stride: int = Field(0, ge=0, le=UINT32_MAX, description="Stride s; 0 = the default (3k/4)")
     token_ids: list[list[StrictInt]] | None = Field(None, description="Sequences of token ids")
     text: str | list[str] | None = Field(
         None, description="Text, tokenized with the scorer's tokenizer (with its BOS)"

@@ -2,15 +2,13 @@
 
 Everything a route needs lives on `request.app.state` (set by `http_app.create_app`): the
 scoring `service`, the server `config`, the `metrics`, the bearer `token` (or None), the
-largest body accepted (`max_body`) and the tokenizer thread.
+largest body accepted (`max_body`), the tokenizer thread and the body parser process.
 """
 
 import asyncio
-import json
 from urllib.parse import parse_qs
 
 import msgpack
-import numpy as np
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import ValidationError
@@ -22,9 +20,11 @@ from tokenweight.wire import OUTPUT_NAMES
 from . import analysis
 from .engine import ALL_OUTPUTS, Outputs
 from .errors import InvalidArgument, ServiceError
+from .http_body import INLINE_BYTES, BodyError, ParsedScore, parse_score_body, token_arrays
+from .http_hardening import PAGE_CSP
 from .http_models import ErrorBody, ScoreBody, ScoreResponseBody, ScorersBody
 from .scoring import SERVING
-from .text import tokenize
+from .text import check_text_size, longest_token_chars, tokenize
 
 MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
 # How often a waiting request checks whether its client is still there.
@@ -102,9 +102,25 @@ def _too_large(state, size: int) -> str:
     )
 
 
-async def score_body(state, body: ScoreBody) -> dict:
+async def parse_body(request: Request) -> ParsedScore:
+    """The score body, parsed and validated; in the parser process when it is large, so the
+    event loop (gRPC's too) keeps serving meanwhile."""
+    raw = await read_body(request)
+    is_msgpack = _is_msgpack(request.headers.get("content-type"))
+    try:
+        if len(raw) <= INLINE_BYTES:
+            return parse_score_body(raw, is_msgpack)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            request.app.state.body_parser, parse_score_body, raw, is_msgpack
+        )
+    except BodyError as exc:
+        raise HTTPException(exc.status, exc.message) from None
+
+
+async def score_body(state, parsed: ParsedScore) -> dict:
     """Score a validated body; the one path behind POST /v1/score and the analysis page."""
-    service = state.service
+    service, body = state.service, parsed.body
     tokens = None
     if body.text is not None:
         scorer = service.scorer(body.scorer)
@@ -114,20 +130,17 @@ async def score_body(state, body: ScoreBody) -> dict:
                 "directory); send token_ids instead of text"
             )
         texts = [body.text] if isinstance(body.text, str) else body.text
+        limit = state.config.max_request_tokens
+        check_text_size(
+            texts, longest_token_chars(scorer.tokenizer), min(limit, scorer.engine.max_length), limit
+        )
         loop = asyncio.get_running_loop()
         ids, tokens = await loop.run_in_executor(
             state.tokenizer_thread, tokenize, scorer.tokenizer, texts
         )
+        arrays = token_arrays(ids)
     else:
-        ids = body.token_ids
-    arrays = []
-    for i, seq in enumerate(ids):
-        try:
-            arrays.append(np.array(seq, dtype=np.int64))
-        except OverflowError:
-            raise InvalidArgument(
-                f"sequence {i} has a token id that does not fit in int64"
-            ) from None
+        arrays = parsed.arrays
     outputs = (
         Outputs(*(name in body.outputs for name in OUTPUT_NAMES)) if body.outputs else ALL_OUTPUTS
     )
@@ -169,19 +182,9 @@ def _encode(payload: dict, request: Request) -> Response:
     summary="Score sequences (JSON or msgpack)",
 )
 async def score(request: Request):
-    raw = await read_body(request)
-    if _is_msgpack(request.headers.get("content-type")):
-        try:
-            data = msgpack.unpackb(raw, raw=False)
-        except Exception as exc:
-            raise HTTPException(400, f"the body is not valid msgpack: {exc}") from None
-    else:
-        try:
-            data = json.loads(raw)
-        except ValueError as exc:
-            raise HTTPException(400, f"the body is not valid JSON: {exc}") from None
-    body = ScoreBody.model_validate(data)
-    return _encode(await unless_disconnected(request, score_body(request.app.state, body)), request)
+    parsed = await parse_body(request)
+    scored = await unless_disconnected(request, score_body(request.app.state, parsed))
+    return _encode(scored, request)
 
 
 @router.get("/v1/scorers", response_model=ScorersBody, responses=_ERRORS, dependencies=_guarded)
@@ -233,7 +236,8 @@ async def page_scored(request: Request):
             window=int(form.get("window") or 0),
             stride=int(form.get("stride") or 0),
         )
-        return _page(state, form, await unless_disconnected(request, score_body(state, body)))
+        scored = await unless_disconnected(request, score_body(state, ParsedScore(body, None)))
+        return _page(state, form, scored)
     except ServiceError as exc:
         return _page(state, form, error=exc.message, status=http_status(exc.status))
     except (ValueError, ValidationError) as exc:
@@ -244,4 +248,4 @@ def _page(state, form=None, result=None, error=None, status: int = 200) -> HTMLR
     service = state.service
     names = list(service.scorers) if service.state == SERVING else []
     html = analysis.render(names, form or {}, result, error, ask_token=state.token is not None)
-    return HTMLResponse(html, status)
+    return HTMLResponse(html, status, headers={"content-security-policy": PAGE_CSP})

@@ -62,7 +62,7 @@ class HttpFrontEnd:
                 f"{exc.strerror}; choose another port with --http-port"
             ) from None
         self.port = self._socket.getsockname()[1]
-        app = create_app(service, config, metrics)
+        self._app = app = create_app(service, config, metrics)
         app.add_exception_handler(ClientDisconnect, _client_gone)
         self._server = _Server(
             uvicorn.Config(
@@ -98,3 +98,4 @@ class HttpFrontEnd:
         self._server.should_exit = True
         if self._task:
             await self._task
+        self._app.state.body_parser.shutdown(wait=False, cancel_futures=True)

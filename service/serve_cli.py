@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -87,8 +88,25 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
 async def _serve(config) -> int:
     from .runner import ScorerServer
+
+    if not config.server.auth_token and not is_loopback(config.server.host):
+        log.warning(
+            "binding %s without authentication: anyone who can reach this host can score and "
+            "read /metrics; set --auth-token or $%s, or bind 127.0.0.1",
+            config.server.host,
+            TOKEN_ENV,
+        )
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
