@@ -7,7 +7,6 @@ metrics and the catch-all for unexpected failures are interceptors.
 import asyncio
 import dataclasses
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -26,7 +25,6 @@ from .grpc_interceptors import SERVICE_NAME, GrpcInternalErrorInterceptor, GrpcM
 from .grpc_messages import MalformedRequest, decode_request
 from .metrics import Metrics
 from .scoring import ScoringService
-from .text import tokenize
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +33,6 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
     def __init__(self, service: ScoringService, stream_inflight: int):
         self._service = service
         self._stream_inflight = stream_inflight
-        # Text sequences are tokenized off the event loop, one request at a time.
-        self._tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="tokenweight-tokenizer")
 
     async def _score(self, request, context):
         if isinstance(request, MalformedRequest):
@@ -48,14 +44,8 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         texts = [i for i, seq in enumerate(sequences) if isinstance(seq, str)]
         tokens: dict[int, list[str]] = {}
         if texts:
-            scorer = self._service.scorer(request.scorer)
-            if scorer.tokenizer is None:
-                raise InvalidArgument(
-                    f"scorer {scorer.config.name!r} has no tokenizer (none in its checkpoint "
-                    "directory); send token_ids instead of text"
-                )
-            ids, decoded = await asyncio.get_running_loop().run_in_executor(
-                self._tokenizer_thread, tokenize, scorer.tokenizer, [sequences[i] for i in texts]
+            ids, decoded = await self._service.tokenize(
+                request.scorer, [sequences[i] for i in texts]
             )
             for i, seq_ids, seq_tokens in zip(texts, ids, decoded):
                 sequences[i] = np.asarray(seq_ids, dtype=np.int64)

@@ -9,7 +9,7 @@ the engine and the gRPC path run without it.
 import logging
 import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -158,8 +158,6 @@ def create_app(service: ScoringService, config: ServerConfig, metrics: Metrics) 
     app.state.service, app.state.config, app.state.metrics = service, config, metrics
     app.state.token = BearerToken(config.auth_token) if config.auth_token else None
     app.state.max_body = body_limit(config)
-    # Tokenizers are not safe to share between threads; one thread keeps the loop free.
-    app.state.tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="tokenweight-tokenizer")
     # Large bodies parse in their own process (see http_body); spawned, not forked, as the
     # process runs gRPC's threads. It starts at the first large body.
     app.state.body_parser = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"))

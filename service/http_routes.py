@@ -2,7 +2,7 @@
 
 Everything a route needs lives on `request.app.state` (set by `http_app.create_app`): the
 scoring `service`, the server `config`, the `metrics`, the bearer `token` (or None), the
-largest body accepted (`max_body`), the tokenizer thread and the body parser process.
+largest body accepted (`max_body`) and the body parser process.
 """
 
 import asyncio
@@ -19,12 +19,11 @@ from tokenweight.wire import OUTPUT_NAMES
 
 from . import analysis
 from .engine import ALL_OUTPUTS, Outputs
-from .errors import InvalidArgument, ServiceError
+from .errors import ServiceError
 from .http_body import INLINE_BYTES, BodyError, ParsedScore, parse_score_body, token_arrays
 from .http_hardening import PAGE_CSP
 from .http_models import ErrorBody, ScoreBody, ScoreResponseBody, ScorersBody
 from .scoring import SERVING
-from .text import check_text_size, longest_token_chars, tokenize
 
 MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
 # How often a waiting request checks whether its client is still there.
@@ -123,21 +122,8 @@ async def score_body(state, parsed: ParsedScore) -> dict:
     service, body = state.service, parsed.body
     tokens = None
     if body.text is not None:
-        scorer = service.scorer(body.scorer)
-        if scorer.tokenizer is None:
-            raise InvalidArgument(
-                f"scorer {scorer.config.name!r} has no tokenizer (none in its checkpoint "
-                "directory); send token_ids instead of text"
-            )
         texts = [body.text] if isinstance(body.text, str) else body.text
-        limit = state.config.max_request_tokens
-        check_text_size(
-            texts, longest_token_chars(scorer.tokenizer), min(limit, scorer.engine.max_length), limit
-        )
-        loop = asyncio.get_running_loop()
-        ids, tokens = await loop.run_in_executor(
-            state.tokenizer_thread, tokenize, scorer.tokenizer, texts
-        )
+        ids, tokens = await service.tokenize(body.scorer, texts)
         arrays = token_arrays(ids)
     else:
         arrays = parsed.arrays

@@ -6,9 +6,9 @@ a bad request fails alone and never reaches the engine.
 
 import asyncio
 import contextvars
+import dataclasses
 import logging
 from concurrent.futures import ThreadPoolExecutor
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +22,7 @@ from .engine import Outputs, ScoringInputError
 from .errors import InvalidArgument, NotFound, ServiceError, Unavailable
 from .metrics import Metrics
 from .scorers import Scorer
+from .text import check_text_size, longest_token_chars, tokenize
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ class ScoringService:
         self._batchers: dict[str, Batcher] = {}
         # One engine thread for every scorer: GPU work is serialised and off the event loop.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="tokenweight-engine")
+        # Tokenizers are not safe to share between threads; one thread keeps the loop free.
+        self._tokenizer_thread = ThreadPoolExecutor(1, thread_name_prefix="tokenweight-tokenizer")
         self._cache = ScoreCache(int(config.cache_mb * 2**20)) if config.cache_mb > 0 else None
         self._inflight = 0
         self._idle = asyncio.Event()
@@ -88,6 +91,24 @@ class ScoringService:
         for batcher in self._batchers.values():
             await batcher.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._tokenizer_thread.shutdown(wait=False, cancel_futures=True)
+
+    async def tokenize(self, scorer_name: str, texts: list[str]) -> tuple[list, list]:
+        """Text input of either protocol: the scorer's own tokenizer, sizes checked before it
+        runs, off the event loop. Returns (ids, decoded tokens) per text."""
+        scorer = self.scorer(scorer_name)
+        if scorer.tokenizer is None:
+            raise InvalidArgument(
+                f"scorer {scorer.config.name!r} has no tokenizer (none in its checkpoint "
+                "directory); send token_ids instead of text"
+            )
+        limit = self.config.max_request_tokens
+        check_text_size(
+            texts, longest_token_chars(scorer.tokenizer), min(limit, scorer.engine.max_length), limit
+        )
+        return await asyncio.get_running_loop().run_in_executor(
+            self._tokenizer_thread, tokenize, scorer.tokenizer, texts
+        )
 
     def scorer(self, name: str) -> Scorer:
         """The named scorer ("" = the default); NotFound lists the available ones."""

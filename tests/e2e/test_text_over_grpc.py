@@ -62,3 +62,22 @@ def test_score_command_takes_text_lines_over_grpc(server):
             "".join(tokens[target + 1 : target + 3]),
         )
         assert row.endswith(f"{before}[{tokens[target]}]{after}".replace("\n", "\\n"))
+
+
+def test_oversized_text_is_refused_before_tokenizing(tiny_scorers):
+    """The same size check as HTTP's, before the tokenizer runs: INVALID_ARGUMENT naming it."""
+    import grpc
+    import pytest
+
+    from conftest import ThreadedServer
+    from tokenweight.client import ScorerError
+    from tokenweight.service.text import longest_token_chars
+
+    per_token = longest_token_chars(tiny_scorers["tiny"].tokenizer)
+    with ThreadedServer(tiny_scorers, max_request_tokens=100) as srv:
+        with ScorerClient(f"grpc://{srv.grpc_target}") as client:
+            with pytest.raises(ScorerError) as refused:
+                client.score(["x" * (100 * per_token + 1)])
+            assert len(client.score(["x" * 60]).results[0].token_ids) > 1
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "the 100 tokens a sequence may have" in str(refused.value)
