@@ -72,3 +72,16 @@ def test_rank_command_against_a_server(server, tiny_model_dir, token_lines, tmp_
     argv[argv.index("pair")] = "tiny"  # another scorer: another fingerprint, refused
     assert main(argv) == 1
     assert "other settings (fingerprint" in capsys.readouterr().err
+
+
+def test_a_balanced_target_is_one_scorer_url(server, token_lines, tmp_path):
+    """An `ipv4:A:P,B:P` target reaches the client whole; its commas are not a URL list."""
+    address = server.grpc_target
+    remote = RemoteScorer(f"ipv4:{address},{address}", scorer="tiny")
+    try:
+        assert remote.concurrency == 4  # one endpoint: gRPC balances over its addresses
+        rank(DocumentInput([str(token_lines)]), remote, tmp_path / "t.jsonl",
+             RankConfig(stats=StatsConfig(copy_ngram=4, copy_chars=0)), progress=False)
+    finally:
+        remote.close()
+    assert len((tmp_path / "t.jsonl").read_text().splitlines()) == len(LENGTHS)

@@ -91,18 +91,17 @@ class RemoteScorer:
         retry_for=600.0,
     ):
         from tokenweight.client import RetryPolicy, ScorerClient
+        from tokenweight.client.urls import parse_urls
 
         from ..precompute import _find_scorer
 
-        url_list = [u.strip() for u in urls.split(",") if u.strip()]
-        self.client = ScorerClient(
-            url_list, timeout=timeout, retry=RetryPolicy.for_duration(retry_for)
-        )
+        # The client parses the URL list (an `ipv4:A:P,B:P` target holds commas of its own).
+        self.client = ScorerClient(urls, timeout=timeout, retry=RetryPolicy.for_duration(retry_for))
         self.name, self.window, self.stride = scorer, window, stride
         info = _find_scorer(self.client, scorer, 1)
         self.max_length = info.max_sequence_length
         self.max_request_tokens = info.max_request_tokens
-        self.concurrency = concurrency or 4 * len(url_list)
+        self.concurrency = concurrency or 4 * len(parse_urls(urls))
 
     def score(self, sequences: list[np.ndarray]) -> Answer:
         from tokenweight.client import ScorerError
