@@ -102,7 +102,7 @@ class Stage:
 
 
 def stages(p: BlockProfile, speeds: Speeds) -> list[Stage]:
-    """The pilot's calls b and c (a is done: its models are carried) and one block's a, b, c,
+    """The pilot's calls b and c (a is done: its models are carried) and one block's a and c,
     each on the machine the call before it left warm, except pilot-b and block-a: a fresh one
     rebuilds the corpus and the shards."""
     from .block_stages import flops_ratio
@@ -137,7 +137,7 @@ def stages(p: BlockProfile, speeds: Speeds) -> list[Stage]:
         Stage("pilot-c", "calibrate", evals(calibrate, settings), settings),
         *[s for s in cpu if s.call == "block-a"],
         Stage("block-a", "pretrain", train("pretrain", pretrain_tokens)),
-        Stage("block-b", "extend", train("extend", extend_tokens, len(p.arms)), len(p.arms)),
+        Stage("block-c", "extend", train("extend", extend_tokens, len(p.arms)), len(p.arms)),
         Stage(
             "block-c", "eval", evals(len(p.arms) * _eval(p, p.trainee), len(p.arms)), len(p.arms)
         ),
