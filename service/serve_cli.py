@@ -41,9 +41,10 @@ def build_config(args: argparse.Namespace):
     overrides = values_of(args, ServerConfig)
     overrides["auth_token"] = args.auth_token or os.environ.get(TOKEN_ENV) or None
     if args.config:
-        # --allow-pickle is ignored with --config: each [[scorers]] entry sets allow_pickle.
+        # Each [[scorers]] entry carries its own settings, allow_pickle included: a scorer flag
+        # beside --config would be silently dropped, so it is refused.
         scorer_flags = values_of(args, ScorerConfig)
-        given = [n for n, v in scorer_flags.items() if v is not None and n != "allow_pickle"]
+        given = [n for n, v in scorer_flags.items() if v is not None]
         clashing = [f"--{name.replace('_', '-')}" for name in given]
         if clashing:
             raise ConfigError(f"{', '.join(clashing)} cannot be combined with --config; set them in the file")

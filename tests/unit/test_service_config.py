@@ -97,6 +97,8 @@ def test_command_line_config(monkeypatch, tmp_path):
     assert serve_cli.build_config(parse("--model", "/m", "--auth-token", "flag")).server.auth_token == "flag"
     with pytest.raises(ConfigError, match="--window cannot be combined with --config"):
         serve_cli.build_config(parse("--config", "x.toml", "--window", "8"))
+    with pytest.raises(ConfigError, match="--allow-pickle cannot be combined with --config"):
+        serve_cli.build_config(parse("--config", "x.toml", "--allow-pickle"))
     with pytest.raises(ConfigError, match="--short-model needs --model"):
         serve_cli.build_config(parse("--short-model", "/s"))
     with pytest.raises(ConfigError, match="TLS needs both"):
