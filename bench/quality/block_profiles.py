@@ -112,7 +112,10 @@ class BlockProfile:
     target_accuracy: tuple[float, float] = (0.3, 0.85)  # uniform at distance 1k-4k
     items_per_bucket: int = 170  # 3 tasks x 2 buckets at 1k-4k x 170 = 1020 paired items
     calibration_items_per_bucket: int = 60  # per knob setting: 120 items at 1k-4k
-    eval_max_sequences: int = 128  # held-out files: id_loss, short-context and LongPPL
+    eval_max_sequences: int = 128  # held-out files of long_len tokens: id_loss and LongPPL
+    # Primary 3 reads the first short_len tokens of every held-out file (1,044 in the block
+    # corpus): a bound above any split's size takes them all.
+    eval_short_files: int = 1_000_000
     jobs_per_device: int = 4
     carried: Path = CARRIED
     calibration: Path = CALIBRATION

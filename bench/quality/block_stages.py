@@ -345,6 +345,7 @@ def eval_argv(
             score_window=p.short_len,
             items_per_bucket=items_per_bucket or p.items_per_bucket,
             max_sequences=max_sequences or p.eval_max_sequences,
+            short_files=p.eval_short_files,
             seed=seed,
             out=out,
         )
