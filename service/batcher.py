@@ -4,9 +4,18 @@ A request is split into units of at most `batch_tokens` tokens (whole sequences)
 engine call's worth, and queued under its client (a connection: a gRPC peer, an HTTP
 client address). A loop on the event loop waits for the oldest unit's `max_wait` (so a
 request that already waited behind a running batch waits no longer) or until `batch_tokens`
-are queued, then builds one `engine.run` from the clients' queues in turn, round-robin: a
-client that sent 4,096 sequences at once holds the engine for one unit at a time, and a
-client that arrives after it waits for at most one of its units.
+are queued, then builds one `engine.run` from the clients' queues.
+
+Clients share the engine by the work they are served (forward tokens), not by turns:
+start-time fair queueing. Each queued client's next unit carries a virtual start tag, the
+virtual finish of the client's previous unit (start + work), or the current virtual time
+(the start tag of the unit served last) when the client arrives with nothing queued; the
+unit with the smallest tag runs next. A client with a backlog (a flood of pipelined
+requests, 4,096 sequences at once) has tags far ahead, so a client that asks for less than
+its share, however many units the backlog holds, waits only for the batch in progress and
+for other light clients; backlogged clients split what is left in equal forward tokens,
+whatever the size of their units. An idle client earns no credit: it re-enters at the
+current virtual time.
 
 Admission counts the work a request will cost (forward tokens, see `ScoringEngine.
 forward_tokens`) and requests: past `queue_tokens` / `queue_size` in all, or past a client's
@@ -93,8 +102,16 @@ class Batcher:
         self.name, self.engine, self._executor = name, engine, executor
         self.batch_tokens, self.max_wait, self.limits = batch_tokens, max_wait, limits
         self._metrics = metrics
-        # Insertion order is the round-robin order: a client that was served moves last.
+        # Queued units per client; insertion order breaks ties between equal start tags, and a
+        # client that was served moves last.
         self._queues: dict[str, deque[_Unit]] = {}
+        # Fair queueing (see the module docstring), in forward tokens: the start tag of each
+        # queued client's next unit, the virtual time, and the finish tag of clients whose
+        # queue emptied while their finish was still ahead of the virtual time (the rest
+        # re-enter at the virtual time, so they need no entry).
+        self._start_tags: dict[str, int] = {}
+        self._virtual_time = 0
+        self._finish_tags: dict[str, int] = {}
         self._usage: dict[str, _ClientUsage] = {}
         self._total = _ClientUsage()
         self._queued_tokens = 0
@@ -139,8 +156,12 @@ class Batcher:
         )
         units = self._split(request, sequences)
         self._admit(client, sum(u.work for u in units))
-        queue = self._queues.setdefault(client, deque())
-        queue.extend(units)
+        if client not in self._queues:
+            self._queues[client] = deque()
+            self._start_tags[client] = max(
+                self._virtual_time, self._finish_tags.pop(client, self._virtual_time)
+            )
+        self._queues[client].extend(units)
         request.units_left = request.units_queued = len(units)
         self._queued_tokens += sum(u.tokens for u in units)
         self._charge(client, 1, sum(u.work for u in units))
@@ -205,14 +226,30 @@ class Batcher:
         if not usage.requests and not usage.work:
             del self._usage[client]
 
+    def _next_client(self) -> str:
+        """The queued client whose next unit has the smallest start tag (the first queued
+        of equals)."""
+        return min(self._queues, key=self._start_tags.__getitem__)
+
     def _pop(self, client: str) -> _Unit:
-        """The client's next unit; the client moves to the back of the round-robin."""
+        """The client's next unit; its next one starts where this one's work finishes."""
         queue = self._queues.pop(client)
         unit = queue.popleft()
+        start = self._start_tags.pop(client)
+        self._virtual_time = max(self._virtual_time, start)
         if queue:
             self._queues[client] = queue
+            self._start_tags[client] = start + unit.work
+        else:
+            self._went_idle(client, start + unit.work)
         self._unqueued(unit)
         return unit
+
+    def _went_idle(self, client: str, finish: int) -> None:
+        """Remember the finish tag of a client whose queue emptied, while it is ahead of the
+        virtual time; forget the ones the virtual time has passed (bounded memory)."""
+        self._finish_tags[client] = finish
+        self._finish_tags = {c: f for c, f in self._finish_tags.items() if f > self._virtual_time}
 
     def _unqueued(self, unit: _Unit) -> None:
         request = unit.request
@@ -233,6 +270,8 @@ class Batcher:
             self._unqueued(unit)
         if not queue:
             del self._queues[request.client]
+            # Nothing of the client ran since its tag was set, so it is charged nothing.
+            self._went_idle(request.client, self._start_tags.pop(request.client))
         if not request.started:
             self._metrics.dropped.labels(self.name).inc()
 
@@ -257,10 +296,10 @@ class Batcher:
                 await self._run(batch)
 
     def _take_batch(self) -> list[_Unit]:
-        """One unit from each client in turn while they fit the token budget (at least one)."""
+        """Units in start-tag order while they fit the token budget (at least one)."""
         batch, tokens = [], 0
         while self._queues:
-            client = next(iter(self._queues))
+            client = self._next_client()
             head = self._queues[client][0]
             if batch and tokens + head.tokens > self.batch_tokens:
                 break
