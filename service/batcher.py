@@ -7,15 +7,17 @@ request that already waited behind a running batch waits no longer) or until `ba
 are queued, then builds one `engine.run` from the clients' queues.
 
 Clients share the engine by the work they are served (forward tokens), not by turns:
-start-time fair queueing. Each queued client's next unit carries a virtual start tag, the
-virtual finish of the client's previous unit (start + work), or the current virtual time
-(the start tag of the unit served last) when the client arrives with nothing queued; the
-unit with the smallest tag runs next. A client with a backlog (a flood of pipelined
+start-time fair queueing. A request starts at the virtual finish of the client's previous
+request (its start + its work), or at the current virtual time (the tag of the unit served
+last) if that is later: an idle client earns no credit. Its units are tagged by the work of
+the request before them, less the first unit's: the first two units share the start, so a
+request just over one batch runs back to back. The unit with the smallest tag runs next,
+the earlier request first among equals. A client with a backlog (a flood of pipelined
 requests, 4,096 sequences at once) has tags far ahead, so a client that asks for less than
 its share, however many units the backlog holds, waits only for the batch in progress and
 for other light clients; backlogged clients split what is left in equal forward tokens,
-whatever the size of their units. An idle client earns no credit: it re-enters at the
-current virtual time.
+whatever the size of their units. A request is charged its work when it is queued,
+abandoned or not.
 
 Admission counts the work a request will cost (forward tokens, see `ScoringEngine.
 forward_tokens`) and requests: past `queue_tokens` / `queue_size` in all, or past a client's
@@ -30,6 +32,7 @@ blocks on the model. Callers submit only requests that already passed `engine.ch
 """
 
 import asyncio
+import itertools
 import logging
 import threading
 from collections import deque
@@ -78,6 +81,8 @@ class _Unit:
     sequences: list[np.ndarray]
     tokens: int
     work: int
+    # Fair-queueing order: (virtual start, the request's arrival number).
+    tag: tuple[int, int] = (0, 0)
 
 
 class _ClientUsage:
@@ -102,16 +107,13 @@ class Batcher:
         self.name, self.engine, self._executor = name, engine, executor
         self.batch_tokens, self.max_wait, self.limits = batch_tokens, max_wait, limits
         self._metrics = metrics
-        # Queued units per client; insertion order breaks ties between equal start tags, and a
-        # client that was served moves last.
         self._queues: dict[str, deque[_Unit]] = {}
-        # Fair queueing (see the module docstring), in forward tokens: the start tag of each
-        # queued client's next unit, the virtual time, and the finish tag of clients whose
-        # queue emptied while their finish was still ahead of the virtual time (the rest
-        # re-enter at the virtual time, so they need no entry).
-        self._start_tags: dict[str, int] = {}
+        # Fair queueing (see the module docstring), in forward tokens: the virtual time, and
+        # the virtual finish of each client's last request while it is ahead of the virtual
+        # time or the client has units queued (the others start at the virtual time).
         self._virtual_time = 0
         self._finish_tags: dict[str, int] = {}
+        self._arrivals = itertools.count()
         self._usage: dict[str, _ClientUsage] = {}
         self._total = _ClientUsage()
         self._queued_tokens = 0
@@ -156,12 +158,8 @@ class Batcher:
         )
         units = self._split(request, sequences)
         self._admit(client, sum(u.work for u in units))
-        if client not in self._queues:
-            self._queues[client] = deque()
-            self._start_tags[client] = max(
-                self._virtual_time, self._finish_tags.pop(client, self._virtual_time)
-            )
-        self._queues[client].extend(units)
+        self._tag(client, units)
+        self._queues.setdefault(client, deque()).extend(units)
         request.units_left = request.units_queued = len(units)
         self._queued_tokens += sum(u.tokens for u in units)
         self._charge(client, 1, sum(u.work for u in units))
@@ -196,6 +194,15 @@ class Batcher:
             start = end
         return units
 
+    def _tag(self, client: str, units: list[_Unit]) -> None:
+        """Fair-queueing tags of a request's units (see the module docstring)."""
+        start = max(self._virtual_time, self._finish_tags.get(client, 0))
+        arrival, before = next(self._arrivals), 0
+        for unit in units:
+            unit.tag = (start + max(0, before - units[0].work), arrival)
+            before += unit.work
+        self._finish_tags[client] = start + before
+
     def _admit(self, client: str, work: int) -> None:
         limits, total = self.limits, self._total
         # An empty queue takes any request the size limits allowed, so that a request larger
@@ -227,29 +234,18 @@ class Batcher:
             del self._usage[client]
 
     def _next_client(self) -> str:
-        """The queued client whose next unit has the smallest start tag (the first queued
-        of equals)."""
-        return min(self._queues, key=self._start_tags.__getitem__)
+        """The queued client whose next unit has the smallest tag."""
+        return min(self._queues, key=lambda client: self._queues[client][0].tag)
 
     def _pop(self, client: str) -> _Unit:
-        """The client's next unit; its next one starts where this one's work finishes."""
-        queue = self._queues.pop(client)
+        """The client's next unit; the virtual time moves to its start."""
+        queue = self._queues[client]
         unit = queue.popleft()
-        start = self._start_tags.pop(client)
-        self._virtual_time = max(self._virtual_time, start)
-        if queue:
-            self._queues[client] = queue
-            self._start_tags[client] = start + unit.work
-        else:
-            self._went_idle(client, start + unit.work)
+        if not queue:
+            del self._queues[client]
+        self._virtual_time = max(self._virtual_time, unit.tag[0])
         self._unqueued(unit)
         return unit
-
-    def _went_idle(self, client: str, finish: int) -> None:
-        """Remember the finish tag of a client whose queue emptied, while it is ahead of the
-        virtual time; forget the ones the virtual time has passed (bounded memory)."""
-        self._finish_tags[client] = finish
-        self._finish_tags = {c: f for c, f in self._finish_tags.items() if f > self._virtual_time}
 
     def _unqueued(self, unit: _Unit) -> None:
         request = unit.request
@@ -270,8 +266,6 @@ class Batcher:
             self._unqueued(unit)
         if not queue:
             del self._queues[request.client]
-            # Nothing of the client ran since its tag was set, so it is charged nothing.
-            self._went_idle(request.client, self._start_tags.pop(request.client))
         if not request.started:
             self._metrics.dropped.labels(self.name).inc()
 
@@ -305,6 +299,12 @@ class Batcher:
                 break
             batch.append(self._pop(client))
             tokens += head.tokens
+        # Clients the virtual time has passed start at it anyway (bounded memory).
+        self._finish_tags = {
+            c: f
+            for c, f in self._finish_tags.items()
+            if f > self._virtual_time or c in self._queues
+        }
         return batch
 
     async def _run(self, batch: list[_Unit]) -> None:
