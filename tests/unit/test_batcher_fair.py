@@ -88,3 +88,36 @@ def test_backlogged_clients_share_the_engine_by_forward_tokens(tiny_scorers):
     for (n,) in engine.runs[:40]:
         served[n] += work[n]
         assert abs(served[32] - served[8]) <= work[32] + work[8], (served, engine.runs[:40])
+
+
+def test_a_request_of_two_units_runs_back_to_back(tiny_scorers):
+    """While a flooder's batch runs, one light client sends a request of two batches and then
+    another light client a request of one: the first request's two units run next, one after
+    the other, then the second request, all ahead of the flood's backlog."""
+    engine = RecordingEngine(tiny_scorers["tiny"].engine, gated=True)
+    pair, single = [RNG.integers(3, 300, n) for n in (20, 24)], RNG.integers(3, 300, 9)
+
+    async def main():
+        with ThreadPoolExecutor(1) as executor:
+            b = batcher(engine, executor, batch_tokens=32)
+            b.start()
+            flood = [
+                asyncio.ensure_future(score(b, engine, RNG.integers(3, 300, 32), "flood"))
+                for _ in range(20)
+            ]
+            assert await asyncio.to_thread(engine.entered.wait, 10)
+            first = asyncio.ensure_future(
+                b.score(pair, engine.window, engine.stride, ALL_OUTPUTS, client="first")
+            )
+            second = asyncio.ensure_future(score(b, engine, single, "second"))
+            await asyncio.sleep(0)
+            engine.gate.set()
+            got = await asyncio.wait_for(asyncio.gather(first, second), 30)
+            await b.close()
+            await asyncio.gather(*flood, return_exceptions=True)
+            return got
+
+    (got_pair, got_single) = asyncio.run(main())
+    assert engine.runs[:4] == [[32], [20], [24], [9]], engine.runs[:5]
+    for got, seq in zip([*got_pair, *got_single], [*pair, single]):
+        np.testing.assert_allclose(got.score, engine.score([seq])[0].score, atol=1e-5)
