@@ -30,11 +30,11 @@ def score(b: Batcher, engine, seq: np.ndarray, client: str):
     return b.score([seq], engine.window, engine.stride, ALL_OUTPUTS, client=client)
 
 
-def test_a_light_request_runs_in_the_next_batch_ahead_of_a_flood(tiny_scorers):
-    """100 queued requests of a flooder, each a full batch; a light client's one request,
-    sent while the flooder's first batch runs, is the next engine call."""
-    engine = RecordingEngine(tiny_scorers["tiny"].engine, gated=True)
-    light_seq = RNG.integers(3, 300, 9)
+def behind_a_flood(engine: RecordingEngine, floods: int, *light_requests):
+    """Runs a batcher (batches of 32 tokens) where a flooder has queued `floods` requests of
+    one full batch each; once the first one holds the (gated) engine, `light_requests`
+    (functions of the batcher, returning coroutines) are queued in order, then the gate
+    opens. Returns the light requests' results."""
 
     async def main():
         with ThreadPoolExecutor(1) as executor:
@@ -42,18 +42,26 @@ def test_a_light_request_runs_in_the_next_batch_ahead_of_a_flood(tiny_scorers):
             b.start()
             flood = [
                 asyncio.ensure_future(score(b, engine, RNG.integers(3, 300, 32), "flood"))
-                for _ in range(100)
+                for _ in range(floods)
             ]
             assert await asyncio.to_thread(engine.entered.wait, 10)
-            light = asyncio.ensure_future(score(b, engine, light_seq, "light"))
-            await asyncio.sleep(0)  # queued behind the flooder's 99 before the engine frees
+            light = [asyncio.ensure_future(request(b)) for request in light_requests]
+            await asyncio.sleep(0)  # all queued before the engine frees
             engine.gate.set()
-            got = await asyncio.wait_for(light, 30)
+            got = await asyncio.wait_for(asyncio.gather(*light), 30)
             await b.close()
             await asyncio.gather(*flood, return_exceptions=True)
             return got
 
-    got = asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_a_light_request_runs_in_the_next_batch_ahead_of_a_flood(tiny_scorers):
+    """100 queued requests of a flooder, each a full batch; a light client's one request,
+    sent while the flooder's first batch runs, is the next engine call."""
+    engine = RecordingEngine(tiny_scorers["tiny"].engine, gated=True)
+    light_seq = RNG.integers(3, 300, 9)
+    (got,) = behind_a_flood(engine, 100, lambda b: score(b, engine, light_seq, "light"))
     assert engine.runs[:2] == [[32], [9]], engine.runs[:3]
     np.testing.assert_allclose(got[0].score, engine.score([light_seq])[0].score, atol=1e-5)
 
@@ -96,28 +104,12 @@ def test_a_request_of_two_units_runs_back_to_back(tiny_scorers):
     the other, then the second request, all ahead of the flood's backlog."""
     engine = RecordingEngine(tiny_scorers["tiny"].engine, gated=True)
     pair, single = [RNG.integers(3, 300, n) for n in (20, 24)], RNG.integers(3, 300, 9)
-
-    async def main():
-        with ThreadPoolExecutor(1) as executor:
-            b = batcher(engine, executor, batch_tokens=32)
-            b.start()
-            flood = [
-                asyncio.ensure_future(score(b, engine, RNG.integers(3, 300, 32), "flood"))
-                for _ in range(20)
-            ]
-            assert await asyncio.to_thread(engine.entered.wait, 10)
-            first = asyncio.ensure_future(
-                b.score(pair, engine.window, engine.stride, ALL_OUTPUTS, client="first")
-            )
-            second = asyncio.ensure_future(score(b, engine, single, "second"))
-            await asyncio.sleep(0)
-            engine.gate.set()
-            got = await asyncio.wait_for(asyncio.gather(first, second), 30)
-            await b.close()
-            await asyncio.gather(*flood, return_exceptions=True)
-            return got
-
-    (got_pair, got_single) = asyncio.run(main())
+    got_pair, got_single = behind_a_flood(
+        engine,
+        20,
+        lambda b: b.score(pair, engine.window, engine.stride, ALL_OUTPUTS, client="first"),
+        lambda b: score(b, engine, single, "second"),
+    )
     assert engine.runs[:4] == [[32], [20], [24], [9]], engine.runs[:5]
     for got, seq in zip([*got_pair, *got_single], [*pair, single]):
         np.testing.assert_allclose(got.score, engine.score([seq])[0].score, atol=1e-5)
