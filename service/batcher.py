@@ -8,8 +8,8 @@ are queued, then builds one `engine.run` from the clients' queues.
 
 Clients share the engine by the work they are served (forward tokens), not by turns:
 start-time fair queueing. A request starts at the virtual finish of the client's previous
-request (its start + its work), or at the current virtual time (the tag of the unit served
-last) if that is later: an idle client earns no credit. Its units are tagged by the work of
+request (its start + its work), or at the current virtual time (the latest start of a unit
+served) if that is later: an idle client earns no credit. Its units are tagged by the work of
 the request before them, less the first unit's: the first two units share the start, so a
 request just over one batch runs back to back. The unit with the smallest tag runs next,
 the earlier request first among equals. A client with a backlog (a flood of pipelined
