@@ -4,9 +4,20 @@ A request is split into units of at most `batch_tokens` tokens (whole sequences)
 engine call's worth, and queued under its client (a connection: a gRPC peer, an HTTP
 client address). A loop on the event loop waits for the oldest unit's `max_wait` (so a
 request that already waited behind a running batch waits no longer) or until `batch_tokens`
-are queued, then builds one `engine.run` from the clients' queues in turn, round-robin: a
-client that sent 4,096 sequences at once holds the engine for one unit at a time, and a
-client that arrives after it waits for at most one of its units.
+are queued, then builds one `engine.run` from the clients' queues.
+
+Clients share the engine by the work they are served (forward tokens), not by turns:
+start-time fair queueing. A request starts at the virtual finish of the client's previous
+request (its start + its work), or at the current virtual time (the latest start of a unit
+served) if that is later: an idle client earns no credit. Its units are tagged by the work of
+the request before them, less the first unit's: the first two units share the start, so a
+request just over one batch runs back to back. The unit with the smallest tag runs next,
+the earlier request first among equals. A client with a backlog (a flood of pipelined
+requests, 4,096 sequences at once) has tags far ahead, so a client that asks for less than
+its share, however many units the backlog holds, waits only for the batch in progress and
+for other light clients; backlogged clients split what is left in equal forward tokens,
+whatever the size of their units. A request is charged its work when it is queued,
+abandoned or not.
 
 Admission counts the work a request will cost (forward tokens, see `ScoringEngine.
 forward_tokens`) and requests: past `queue_tokens` / `queue_size` in all, or past a client's
@@ -21,6 +32,7 @@ blocks on the model. Callers submit only requests that already passed `engine.ch
 """
 
 import asyncio
+import itertools
 import logging
 import threading
 from collections import deque
@@ -69,6 +81,8 @@ class _Unit:
     sequences: list[np.ndarray]
     tokens: int
     work: int
+    # Fair-queueing order: (virtual start, the request's arrival number).
+    tag: tuple[int, int] = (0, 0)
 
 
 class _ClientUsage:
@@ -93,8 +107,13 @@ class Batcher:
         self.name, self.engine, self._executor = name, engine, executor
         self.batch_tokens, self.max_wait, self.limits = batch_tokens, max_wait, limits
         self._metrics = metrics
-        # Insertion order is the round-robin order: a client that was served moves last.
         self._queues: dict[str, deque[_Unit]] = {}
+        # Fair queueing (see the module docstring), in forward tokens: the virtual time, and
+        # the virtual finish of each client's last request while it is ahead of the virtual
+        # time or the client has units queued (the others start at the virtual time).
+        self._virtual_time = 0
+        self._finish_tags: dict[str, int] = {}
+        self._arrivals = itertools.count()
         self._usage: dict[str, _ClientUsage] = {}
         self._total = _ClientUsage()
         self._queued_tokens = 0
@@ -139,8 +158,8 @@ class Batcher:
         )
         units = self._split(request, sequences)
         self._admit(client, sum(u.work for u in units))
-        queue = self._queues.setdefault(client, deque())
-        queue.extend(units)
+        self._tag(client, units)
+        self._queues.setdefault(client, deque()).extend(units)
         request.units_left = request.units_queued = len(units)
         self._queued_tokens += sum(u.tokens for u in units)
         self._charge(client, 1, sum(u.work for u in units))
@@ -175,6 +194,15 @@ class Batcher:
             start = end
         return units
 
+    def _tag(self, client: str, units: list[_Unit]) -> None:
+        """Fair-queueing tags of a request's units (see the module docstring)."""
+        start = max(self._virtual_time, self._finish_tags.get(client, 0))
+        arrival, before = next(self._arrivals), 0
+        for unit in units:
+            unit.tag = (start + max(0, before - units[0].work), arrival)
+            before += unit.work
+        self._finish_tags[client] = start + before
+
     def _admit(self, client: str, work: int) -> None:
         limits, total = self.limits, self._total
         # An empty queue takes any request the size limits allowed, so that a request larger
@@ -205,12 +233,17 @@ class Batcher:
         if not usage.requests and not usage.work:
             del self._usage[client]
 
+    def _next_client(self) -> str:
+        """The queued client whose next unit has the smallest tag."""
+        return min(self._queues, key=lambda client: self._queues[client][0].tag)
+
     def _pop(self, client: str) -> _Unit:
-        """The client's next unit; the client moves to the back of the round-robin."""
-        queue = self._queues.pop(client)
+        """The client's next unit; the virtual time moves to its start."""
+        queue = self._queues[client]
         unit = queue.popleft()
-        if queue:
-            self._queues[client] = queue
+        if not queue:
+            del self._queues[client]
+        self._virtual_time = max(self._virtual_time, unit.tag[0])
         self._unqueued(unit)
         return unit
 
@@ -257,15 +290,21 @@ class Batcher:
                 await self._run(batch)
 
     def _take_batch(self) -> list[_Unit]:
-        """One unit from each client in turn while they fit the token budget (at least one)."""
+        """Units in start-tag order while they fit the token budget (at least one)."""
         batch, tokens = [], 0
         while self._queues:
-            client = next(iter(self._queues))
+            client = self._next_client()
             head = self._queues[client][0]
             if batch and tokens + head.tokens > self.batch_tokens:
                 break
             batch.append(self._pop(client))
             tokens += head.tokens
+        # Clients the virtual time has passed start at it anyway (bounded memory).
+        self._finish_tags = {
+            c: f
+            for c, f in self._finish_tags.items()
+            if f > self._virtual_time or c in self._queues
+        }
         return batch
 
     async def _run(self, batch: list[_Unit]) -> None:

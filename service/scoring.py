@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 STARTING, SERVING, DRAINING = "starting", "serving", "draining"
 
 # Who is asking (a connection's address), for the batcher's per-client share and
-# round-robin; front ends set it per request where they do not pass `client` explicitly.
+# fair queueing; front ends set it per request where they do not pass `client` explicitly.
 current_client: contextvars.ContextVar[str] = contextvars.ContextVar("tokenweight_client", default="")
 
 

@@ -17,6 +17,10 @@ def test_well_behaved_clients_keep_answers_and_latency_under_abuse(tmp_path):
     assert result["abusers"]["stride1"].get("INVALID_ARGUMENT", 0) > 0
     assert result["abusers"]["flood"].get("OK", 0) > 0
     if slow:
-        # Known and open: on the CPU the abusers' engine share lifts the others' p99 past
-        # 3x (README, "Limits under load"); reported, not hidden.
+        # Known and open: the well-behaved requests do not queue behind the abusers'
+        # backlog (the batcher's fair queueing), but a running engine batch is not
+        # preempted, so one may wait for a flood unit (~50 ms on the CPU) or a stride-1
+        # request of ~1,000 forward tokens (~100 ms). Against this short run's baseline p99
+        # (~50 ms, the largest of ~16 requests per kind) that measured up to 3.3x, not
+        # reliably under 3x; reported, not hidden.
         pytest.xfail("; ".join(slow))
