@@ -193,7 +193,7 @@ def test_a_stream_is_held_to_its_in_flight_limit(tiny_scorers):
     assert not any(r.HasField("error") for r in responses)
 
 
-def test_a_huge_request_is_interleaved_round_robin(tiny_scorers):
+def test_a_huge_request_does_not_hold_up_a_later_small_one(tiny_scorers):
     """4,000 tiny sequences from one client run a unit at a time; a request from another
     client that arrives after them runs within the next engine calls, not after all."""
     engine = RecordingEngine(tiny_scorers["tiny"].engine, gated=True)
