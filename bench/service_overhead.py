@@ -6,8 +6,9 @@ negligible and what is measured is gRPC, the batcher, collation and the engine's
 
 A real `tokenweight serve` on loopback, 64 client threads of this process each sending one
 512-token sequence per request: dynamic batching, then one request per engine batch. With
-`--profile DIR`, py-spy samples the server (every thread) during the batched run and writes
-collapsed stacks there (`py-spy` must be installed).
+`--profile DIR`, py-spy samples the server's GIL holder during the batched run, writes the
+collapsed stacks there (`py-spy` must be installed) and prints the time per request by stage
+(bench/stack_profile.py).
 """
 
 import argparse
@@ -21,8 +22,10 @@ import numpy as np
 
 from bench.common import child_env, machine, save_llama, serve, write_results
 from bench.load import concurrent_load
+from bench.stack_profile import table
 
 UNBATCHED = ("--batch-tokens", "512", "--max-wait-ms", "0")
+PROFILE_RATE = 250  # py-spy samples per second
 
 
 def run(model: Path, requests, clients: int, extra=(), profile: Path | None = None):
@@ -32,8 +35,8 @@ def run(model: Path, requests, clients: int, extra=(), profile: Path | None = No
     try:
         if profile is not None:
             spy = subprocess.Popen(
-                [shutil.which("py-spy"), "record", "--pid", str(proc.pid), "--threads", "--idle",
-                 "--format", "raw", "--rate", "200", "--output", str(profile)],
+                [shutil.which("py-spy"), "record", "--pid", str(proc.pid), "--gil", "--nonblocking",
+                 "--format", "raw", "--rate", str(PROFILE_RATE), "--output", str(profile)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
         return concurrent_load(url, requests, clients)
@@ -63,6 +66,8 @@ def main():
     batched = run(model, requests, args.clients,
                   profile=args.profile / "batched.txt" if args.profile else None)
     print("batched", batched, flush=True)
+    if args.profile:  # the warm-up sends one request per client
+        print(table(args.profile / "batched.txt", PROFILE_RATE, args.requests + args.clients))
     unbatched = run(model, requests, args.clients, UNBATCHED)
     print("one request per batch", unbatched, flush=True)
     row = dict(
