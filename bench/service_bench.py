@@ -43,9 +43,16 @@ def service_vs_engine(model_dir: Path, shape: str, rng) -> dict:
         service = concurrent_load(url, long_reqs, clients=8)
     finally:
         proc.terminate(), proc.wait(60)
-    return dict(bench="service_vs_engine", model=shape, seq_len=8192, window=WINDOW, clients=8,
-                engine_tokens_per_s=engine_tps, **service.prefixed("service"),
-                ratio=service.tokens_per_s / engine_tps)
+    return dict(
+        bench="service_vs_engine",
+        model=shape,
+        seq_len=8192,
+        window=WINDOW,
+        clients=8,
+        engine_tokens_per_s=engine_tps,
+        **service.prefixed("service"),
+        ratio=service.tokens_per_s / engine_tps,
+    )
 
 
 def short_requests(model_dir: Path, shape: str, vocab: int, rng, requests: int) -> dict:
@@ -58,10 +65,17 @@ def short_requests(model_dir: Path, shape: str, vocab: int, rng, requests: int) 
             runs[name] = concurrent_load(url, reqs, clients=64)
         finally:
             proc.terminate(), proc.wait(60)
-    return dict(bench="short_requests", model=shape, seq_len=512, window=WINDOW, clients=64,
-                requests=requests, **runs["batched"].prefixed("batched"),
-                **runs["one_request_per_batch"].prefixed("one_request_per_batch"),
-                ratio=runs["batched"].tokens_per_s / runs["one_request_per_batch"].tokens_per_s)
+    return dict(
+        bench="short_requests",
+        model=shape,
+        seq_len=512,
+        window=WINDOW,
+        clients=64,
+        requests=requests,
+        **runs["batched"].prefixed("batched"),
+        **runs["one_request_per_batch"].prefixed("one_request_per_batch"),
+        ratio=runs["batched"].tokens_per_s / runs["one_request_per_batch"].tokens_per_s,
+    )
 
 
 def main():

@@ -35,9 +35,22 @@ def run(model: Path, requests, clients: int, extra=(), profile: Path | None = No
     try:
         if profile is not None:
             spy = subprocess.Popen(
-                [shutil.which("py-spy"), "record", "--pid", str(proc.pid), "--gil", "--nonblocking",
-                 "--format", "raw", "--rate", str(PROFILE_RATE), "--output", str(profile)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                [
+                    shutil.which("py-spy"),
+                    "record",
+                    "--pid",
+                    str(proc.pid),
+                    "--gil",
+                    "--nonblocking",
+                    "--format",
+                    "raw",
+                    "--rate",
+                    str(PROFILE_RATE),
+                    "--output",
+                    str(profile),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
         return concurrent_load(url, requests, clients)
     finally:
@@ -63,19 +76,30 @@ def main():
     requests = [[rng.integers(3, 512, size=args.seq_len)] for _ in range(args.requests)]
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
-    batched = run(model, requests, args.clients,
-                  profile=args.profile / "batched.txt" if args.profile else None)
+    batched = run(
+        model,
+        requests,
+        args.clients,
+        profile=args.profile / "batched.txt" if args.profile else None,
+    )
     print("batched", batched, flush=True)
     if args.profile:  # the warm-up sends one request per client
         print(table(args.profile / "batched.txt", PROFILE_RATE, args.requests + args.clients))
     unbatched = run(model, requests, args.clients, UNBATCHED)
     print("one request per batch", unbatched, flush=True)
     row = dict(
-        bench="service_overhead", label=args.label, model="llama d32x2 (vocab 512), fp32, CPU",
-        seq_len=args.seq_len, window=2048, clients=args.clients, requests=args.requests,
-        **batched.prefixed("batched"), **unbatched.prefixed("one_request_per_batch"),
+        bench="service_overhead",
+        label=args.label,
+        model="llama d32x2 (vocab 512), fp32, CPU",
+        seq_len=args.seq_len,
+        window=2048,
+        clients=args.clients,
+        requests=args.requests,
+        **batched.prefixed("batched"),
+        **unbatched.prefixed("one_request_per_batch"),
         ratio=batched.tokens_per_s / unbatched.tokens_per_s,
-        command="python -m bench.service_overhead " + " ".join(sys.argv[1:]), **machine(),
+        command="python -m bench.service_overhead " + " ".join(sys.argv[1:]),
+        **machine(),
     )
     print(row)
     write_results(args.out, [row])

@@ -15,19 +15,32 @@ from collections import Counter
 # matches decides its stage.
 STAGES = [
     ("gRPC decode", ("decode_request", "request_sequences", "unpack_tokens")),
-    ("request checks", ("ScoringEngine.check", "ScoringEngine.resolve", "fingerprint",
-                        "_check_limits")),
+    (
+        "request checks",
+        ("ScoringEngine.check", "ScoringEngine.resolve", "fingerprint", "_check_limits"),
+    ),
     ("job building", ("Batcher._score",)),
     ("batcher queueing", ("Batcher.",)),
     ("chunk planning", ("plan_sequence", "batches_by_budget")),
     ("collation", ("collate (",)),
     ("model forward (Python, launches)", ("base_hidden_states",)),
     ("LM head, log-softmax", ("target_logprobs",)),
-    ("engine bookkeeping, result slicing", ("compute_logprobs", "run_segments", "_launch",
-                                            "_to_scores", "share_whole_prefix", "ScoringEngine.run")),
+    (
+        "engine bookkeeping, result slicing",
+        (
+            "compute_logprobs",
+            "run_segments",
+            "_launch",
+            "_to_scores",
+            "share_whole_prefix",
+            "ScoringEngine.run",
+        ),
+    ),
     ("response encoding", ("build_response",)),
-    ("servicer, interceptors, metrics", ("ScorerServicer", "grpc_interceptors", "prometheus_client",
-                                         "ScoringService.")),
+    (
+        "servicer, interceptors, metrics",
+        ("ScorerServicer", "grpc_interceptors", "prometheus_client", "ScoringService."),
+    ),
 ]
 OTHER = "event loop, gRPC runtime, other"
 

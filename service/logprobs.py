@@ -161,15 +161,22 @@ class _InFlight:
     done: torch.cuda.Event | None  # None on CPU, where the results are ready at once
 
 
-def _launch(model: nn.Module, head: nn.Module, batch: list[Segment], options: ForwardOptions,
-            device: torch.device) -> _InFlight:
+def _launch(
+    model: nn.Module,
+    head: nn.Module,
+    batch: list[Segment],
+    options: ForwardOptions,
+    device: torch.device,
+) -> _InFlight:
     """Queue one padded forward batch and the copy of its results to the host; on a GPU this
     returns as soon as the work is queued (CUDA calls are asynchronous)."""
     inputs = collate(batch, device)
     with attention_context(options.sdpa_backends, device):
         hidden = base_hidden_states(model, inputs.rows)
     kept = hidden.reshape(-1, hidden.shape[-1])[inputs.positions]
-    logp = target_logprobs(kept, head, inputs.labels, options.logits_budget, options.compile_logprobs)
+    logp = target_logprobs(
+        kept, head, inputs.labels, options.logits_budget, options.compile_logprobs
+    )
     if device.type != "cuda":
         return _InFlight(batch, inputs.kept, logp, None)
     host = torch.empty(logp.shape, dtype=logp.dtype, pin_memory=True)

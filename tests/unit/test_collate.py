@@ -12,7 +12,10 @@ DEVICES = [
     "cpu",
     pytest.param(
         "cuda",
-        marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")],
+        marks=[
+            pytest.mark.gpu,
+            pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+        ],
     ),
 ]
 
@@ -22,9 +25,15 @@ def tiny_model(device):
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        bos_token_id=1, eos_token_id=2,
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
     )
     return LlamaForCausalLM(config).to(device).eval().requires_grad_(False)
 
@@ -74,7 +83,9 @@ def test_pipelined_batches_are_bit_identical_to_a_synchronous_loop(device):
             for r, seg in enumerate(batch):
                 rows[r, : len(seg)] = seg.input_ids
             positions = torch.arange(width, device=device).expand(len(batch), width)
-            hidden = model.base_model(input_ids=rows.to(device), position_ids=positions).last_hidden_state
+            hidden = model.base_model(
+                input_ids=rows.to(device), position_ids=positions
+            ).last_hidden_state
             # every kept position through the LM head at once, as the engine does (a matmul's
             # rounding may depend on its row count)
             kept = torch.cat([hidden[r, seg.score_from : len(seg)] for r, seg in enumerate(batch)])
@@ -91,6 +102,8 @@ def test_pipelined_batches_are_bit_identical_to_a_synchronous_loop(device):
 def test_skipped_segments_are_left_out_of_every_batch():
     model, segs = tiny_model("cpu"), segments()
     with torch.inference_mode():
-        got = run_segments(model, segs, ForwardOptions(token_budget=512), skip=lambda s: s.sequence == 0)
+        got = run_segments(
+            model, segs, ForwardOptions(token_budget=512), skip=lambda s: s.sequence == 0
+        )
     for seg, logp in zip(segs, got):
         assert (logp.numel() == 0) == (seg.sequence == 0)
