@@ -29,16 +29,21 @@ def collate(batch: Sequence[Segment], device: torch.device) -> Collated:
     the order the labels are concatenated; padding is never kept (causal attention lets no
     real position see it).
     """
+    lengths = [len(seg) for seg in batch]
+    score_from = [seg.score_from for seg in batch]
     rows = pad_sequence([seg.input_ids for seg in batch], batch_first=True)
-    lengths = torch.tensor([len(seg) for seg in batch])
-    score_from = torch.tensor([seg.score_from for seg in batch])
     columns = torch.arange(rows.shape[1])
-    keep = (columns >= score_from[:, None]) & (columns < lengths[:, None])
+    keep = (columns >= torch.tensor(score_from)[:, None]) & (
+        columns < torch.tensor(lengths)[:, None]
+    )
     positions = keep.flatten().nonzero().squeeze(1)
     labels = torch.cat([seg.labels for seg in batch])
+    kept = [n - first for n, first in zip(lengths, score_from)]
+    if device.type == "cpu":  # already where the model reads them
+        return Collated(rows, positions, labels, kept)
     parts = (rows.flatten(), positions, labels)
     sizes = [part.numel() for part in parts]
     packed = torch.empty(sum(sizes), dtype=torch.long, pin_memory=device.type == "cuda")
     torch.cat(parts, out=packed)
     flat_rows, positions, labels = packed.to(device, non_blocking=True).split(sizes)
-    return Collated(flat_rows.view(rows.shape), positions, labels, (lengths - score_from).tolist())
+    return Collated(flat_rows.view(rows.shape), positions, labels, kept)
