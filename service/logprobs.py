@@ -178,7 +178,7 @@ def _launch(
         kept, head, inputs.labels, options.logits_budget, options.compile_logprobs
     )
     if device.type != "cuda":
-        return _InFlight(batch, inputs.kept, logp, None)
+        return _InFlight(batch, inputs.kept, logp.cpu(), None)
     host = torch.empty(logp.shape, dtype=logp.dtype, pin_memory=True)
     host.copy_(logp, non_blocking=True)
     done = torch.cuda.Event()
@@ -197,9 +197,10 @@ def run_segments(
     `skip` is asked before every forward call: segments it names are left out (their result
     stays empty), so work nobody waits for any more stops between calls.
 
-    On a GPU, batch k+1 is collated and launched while batch k runs, and only then does the
-    host wait for batch k's results: the GPU is not left idle while the host prepares the
-    next batch, and at most two batches are queued, so `skip` still stops work promptly.
+    On a GPU, batch k+1 is collated, copied and launched while batch k runs, and batch k's
+    results are sliced while batch k+1 runs: the GPU does not wait for that host work, and
+    at most two batches are queued, so `skip` still stops work promptly. (transformers' mask
+    creation syncs with the GPU at the start of each forward, which bounds the run-ahead.)
     """
     device = model.get_input_embeddings().weight.device
     head = lm_head_of(model)
