@@ -87,7 +87,8 @@ def matmul_ceiling(n: int = 8192) -> float:
 
 def machine() -> dict:
     return {
-        "gpu": torch.cuda.get_device_name(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "none (CPU)",
+        "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
@@ -118,6 +119,11 @@ TRAIN_SHAPES = {
                     intermediate_size=8192, vocab_size=32000),
     "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                  intermediate_size=64, vocab_size=32000),
+    # One layer, one head, a 64-token vocabulary: on CPU its forward costs next to nothing
+    # ("tiny"'s 32000-token LM head and 4-head attention do not), so a service benchmark on
+    # CPU sees the service's own cost per request.
+    "micro": dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1,
+                  intermediate_size=32, vocab_size=64),
     # The quality pipeline's block model: ~30M parameters with its 8192-token vocabulary.
     "30m": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8,
                 intermediate_size=1376, vocab_size=8192, tie_word_embeddings=True),

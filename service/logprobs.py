@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .chunking import Segment
+from .collate import collate
 
 # Elements of fp32 logits alive at once (256 MiB): the slice of positions projected per step.
 DEFAULT_LOGITS_BUDGET = 1 << 26
@@ -150,6 +151,41 @@ def batches_by_budget(
     return batches
 
 
+@dataclass
+class _InFlight:
+    """A forward batch whose log-probs are on their way to the host."""
+
+    batch: list[Segment]
+    kept: list[int]
+    logp: torch.Tensor  # fp32 [sum(kept)] on the host, valid once `done` has completed
+    done: torch.cuda.Event | None  # None on CPU, where the results are ready at once
+
+
+def _launch(
+    model: nn.Module,
+    head: nn.Module,
+    batch: list[Segment],
+    options: ForwardOptions,
+    device: torch.device,
+) -> _InFlight:
+    """Queue one padded forward batch and the copy of its results to the host; on a GPU this
+    returns as soon as the work is queued (CUDA calls are asynchronous)."""
+    inputs = collate(batch, device)
+    with attention_context(options.sdpa_backends, device):
+        hidden = base_hidden_states(model, inputs.rows)
+    kept = hidden.reshape(-1, hidden.shape[-1])[inputs.positions]
+    logp = target_logprobs(
+        kept, head, inputs.labels, options.logits_budget, options.compile_logprobs
+    )
+    if device.type != "cuda":
+        return _InFlight(batch, inputs.kept, logp.cpu(), None)
+    host = torch.empty(logp.shape, dtype=logp.dtype, pin_memory=True)
+    host.copy_(logp, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+    return _InFlight(batch, inputs.kept, host, done)
+
+
 def run_segments(
     model: nn.Module,
     segments: Sequence[Segment],
@@ -160,29 +196,33 @@ def run_segments(
 
     `skip` is asked before every forward call: segments it names are left out (their result
     stays empty), so work nobody waits for any more stops between calls.
+
+    On a GPU, batch k+1 is collated, copied and launched while batch k runs, and batch k's
+    results are sliced while batch k+1 runs: the GPU does not wait for that host work, and
+    at most two batches are queued, so `skip` still stops work promptly. (transformers' mask
+    creation syncs with the GPU at the start of each forward, which bounds the run-ahead.)
     """
     device = model.get_input_embeddings().weight.device
     head = lm_head_of(model)
     index = {id(seg): i for i, seg in enumerate(segments)}
     results: list[torch.Tensor] = [torch.empty(0)] * len(segments)
+
+    def collect(flight: _InFlight) -> None:
+        if flight.done is not None:
+            flight.done.synchronize()
+        for seg, part in zip(flight.batch, flight.logp.split(flight.kept)):
+            results[index[id(seg)]] = part
+
+    previous = None
     for batch in batches_by_budget(segments, options.token_budget, options.batch_invariant):
         if skip is not None:
             batch = [seg for seg in batch if not skip(seg)]
             if not batch:
                 continue
-        width = len(batch[0])
-        rows = torch.zeros(len(batch), width, dtype=torch.long)
-        flat_positions, labels = [], []
-        for r, seg in enumerate(batch):
-            rows[r, : len(seg)] = seg.input_ids
-            flat_positions.append(torch.arange(seg.score_from, len(seg)) + r * width)
-            labels.append(seg.labels)
-        with attention_context(options.sdpa_backends, device):
-            hidden = base_hidden_states(model, rows.to(device, non_blocking=True))
-        kept = hidden.reshape(-1, hidden.shape[-1])[torch.cat(flat_positions).to(device)]
-        logp = target_logprobs(
-            kept, head, torch.cat(labels).to(device), options.logits_budget, options.compile_logprobs
-        ).cpu()
-        for seg, part in zip(batch, logp.split([len(p) for p in flat_positions])):
-            results[index[id(seg)]] = part
+        current = _launch(model, head, batch, options, device)
+        if previous is not None:
+            collect(previous)
+        previous = current
+    if previous is not None:
+        collect(previous)
     return results
