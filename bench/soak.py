@@ -54,7 +54,9 @@ class SoakConfig:
     seconds: float = 60.0  # the soak phase
     clients: int = 64  # in all: the well-behaved ones and the two abusers
     pace_s: float = 2.0  # mean seconds between a well-behaved client's requests
-    baseline_s: float = 15.0  # the well-behaved clients without the abusers
+    # The well-behaved clients without the abusers; None: as long as the soak, so both p99s
+    # are read from about as many requests (a short baseline's p99 is its maximum).
+    baseline_s: float | None = None
     alone_requests: int = 40  # per kind, one at a time
     latency_factor: float = 3.0  # soak p99 within this many times the baseline p99
     rss_growth: float = 1.5  # soak peak RSS within this many times the RSS after the baseline
@@ -302,9 +304,12 @@ def run_soak(config: SoakConfig, model_dir: Path) -> dict:
             for _ in range(config.alone_requests):
                 client.request(tally)
             alone[kind] = tally.summary()
+        for client in clients:  # connections set up before anything is timed
+            client.request(Tally())
         sample()
         phase = "baseline"
-        baseline = _phase(clients, config.baseline_s, config.pace_s, sample)
+        baseline_s = config.seconds if config.baseline_s is None else config.baseline_s
+        baseline = _phase(clients, baseline_s, config.pace_s, sample)
         rss_after_baseline = server.rss_mb()
         phase = "soak"
         abusers = subprocess.Popen(

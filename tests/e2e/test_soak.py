@@ -8,7 +8,7 @@ from bench.soak import KINDS, SoakConfig, run_soak, tiny_model
 
 
 def test_well_behaved_clients_keep_answers_and_latency_under_abuse(tmp_path):
-    config = SoakConfig(seconds=6, clients=8, baseline_s=4, alone_requests=10, pace_s=0.5)
+    config = SoakConfig(seconds=6, clients=8, alone_requests=10, pace_s=0.5)
     result = run_soak(config, tiny_model(tmp_path))
     slow = [f for f in result["failures"] if "p99" in f]
     assert [f for f in result["failures"] if f not in slow] == []
