@@ -1,6 +1,7 @@
 """Shared pieces of the GPU benchmarks: model shapes, FLOP counts, the measured ceiling, and
 the scorer and trainer processes of the end-to-end benchmarks."""
 
+import contextlib
 import json
 import os
 import platform
@@ -182,6 +183,21 @@ def serve(model_dir, window: int, *extra: str, device: str = "cuda", env: dict |
             threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
             return proc, f"grpc://127.0.0.1:{m.group(1)}"
     raise RuntimeError("server exited before it was ready:\n" + "".join(seen[-30:]))
+
+
+# `serve` flags that turn dynamic batching off: one request per engine call, none waited for.
+UNBATCHED = ("--batch-tokens", "512", "--max-wait-ms", "0")
+
+
+@contextlib.contextmanager
+def served(model_dir, window: int, *extra: str, device: str = "cuda", env: dict | None = None):
+    """`serve` for the length of a with-block: yields (process, grpc URL), stops it after."""
+    proc, url = serve(model_dir, window, *extra, device=device, env=env)
+    try:
+        yield proc, url
+    finally:
+        proc.terminate()
+        proc.wait(60)
 
 
 def trainer_command(ranks: int, model, data, out, url: str, *, seq_len: int, steps: int, device: str,

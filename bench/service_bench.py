@@ -17,11 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import build_model, machine, save_llama, serve, write_results
+from bench.common import UNBATCHED, build_model, machine, save_llama, served, write_results
 from bench.load import concurrent_load
 from tokenweight.service.engine import ScoringEngine
 
-UNBATCHED = ("--batch-tokens", "512", "--max-wait-ms", "0")
 WINDOW = 2048
 
 
@@ -38,11 +37,8 @@ def service_vs_engine(model_dir: Path, shape: str, rng) -> dict:
     engine_tps = sum(s.size for r in long_reqs for s in r) / (time.perf_counter() - start)
     del engine
     torch.cuda.empty_cache()
-    proc, url = serve(str(model_dir), WINDOW)
-    try:
+    with served(str(model_dir), WINDOW) as (_, url):
         service = concurrent_load(url, long_reqs, clients=8)
-    finally:
-        proc.terminate(), proc.wait(60)
     return dict(
         bench="service_vs_engine",
         model=shape,
@@ -60,11 +56,8 @@ def short_requests(model_dir: Path, shape: str, vocab: int, rng, requests: int) 
     reqs = [[rng.integers(3, vocab, size=512)] for _ in range(requests)]
     runs = {}
     for name, extra in (("batched", ()), ("one_request_per_batch", UNBATCHED)):
-        proc, url = serve(str(model_dir), WINDOW, *extra)
-        try:
+        with served(str(model_dir), WINDOW, *extra) as (_, url):
             runs[name] = concurrent_load(url, reqs, clients=64)
-        finally:
-            proc.terminate(), proc.wait(60)
     return dict(
         bench="short_requests",
         model=shape,

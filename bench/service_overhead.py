@@ -20,45 +20,42 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import child_env, machine, save_llama, serve, write_results
+from bench.common import UNBATCHED, child_env, machine, save_llama, served, write_results
 from bench.load import concurrent_load
 from bench.stack_profile import table
 
-UNBATCHED = ("--batch-tokens", "512", "--max-wait-ms", "0")
 PROFILE_RATE = 250  # py-spy samples per second
 
 
 def run(model: Path, requests, clients: int, extra=(), profile: Path | None = None):
     # One intra-op thread: the host is shared, and the tiny model's matmuls gain nothing more.
-    proc, url = serve(model, 2048, *extra, device="cpu", env=child_env(OMP_NUM_THREADS="1"))
-    spy = None
-    try:
-        if profile is not None:
-            spy = subprocess.Popen(
-                [
-                    shutil.which("py-spy"),
-                    "record",
-                    "--pid",
-                    str(proc.pid),
-                    "--gil",
-                    "--nonblocking",
-                    "--format",
-                    "raw",
-                    "--rate",
-                    str(PROFILE_RATE),
-                    "--output",
-                    str(profile),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        return concurrent_load(url, requests, clients)
-    finally:
-        if spy is not None:
+    env = child_env(OMP_NUM_THREADS="1")
+    with served(model, 2048, *extra, device="cpu", env=env) as (proc, url):
+        if profile is None:
+            return concurrent_load(url, requests, clients)
+        spy = subprocess.Popen(
+            [
+                shutil.which("py-spy"),
+                "record",
+                "--pid",
+                str(proc.pid),
+                "--gil",
+                "--nonblocking",
+                "--format",
+                "raw",
+                "--rate",
+                str(PROFILE_RATE),
+                "--output",
+                str(profile),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            return concurrent_load(url, requests, clients)
+        finally:
             spy.send_signal(subprocess.signal.SIGINT)
             spy.wait(60)
-        proc.terminate()
-        proc.wait(60)
 
 
 def main():

@@ -16,7 +16,7 @@ from bench.common import (
     child_env,
     machine,
     save_llama,
-    serve,
+    served,
     steady_summary,
     trainer_command,
     write_results,
@@ -38,14 +38,11 @@ def main():
     write_tokens(tmp / "data", args.seq_len, args.steps + 4)
 
     window = args.seq_len // 4
-    server, url = serve(tmp / "scorer", window, device=args.device)
-    command = trainer_command(1, tmp / "trainee", tmp / "data", tmp / "run", url, seq_len=args.seq_len,
-                              steps=args.steps, device=args.device, window=window)
-    try:
+    with served(tmp / "scorer", window, device=args.device) as (_, url):
+        command = trainer_command(1, tmp / "trainee", tmp / "data", tmp / "run", url,
+                                  seq_len=args.seq_len, steps=args.steps, device=args.device,
+                                  window=window)
         subprocess.run(command, check=True, env=child_env(OMP_NUM_THREADS="4"))
-    finally:
-        server.terminate()
-        server.wait(60)
     records = read_metrics(tmp / "run" / "metrics.jsonl")
     row = dict(bench="trainer_scorer_wait", scorer="llama d512x4 (vocab 32000)",
                trainee="llama-3.2-1b body (vocab 32000)", seq_len=args.seq_len, window=window,
