@@ -22,6 +22,12 @@ MEASURED_TOKENS_PER_S = {"pretrain": 930_000.0, "extend": 726_000.0}
 # A job's fixed cost: start, imports, compile, model load (the pilot: 30M pretraining tokens in
 # 77 s of which 32 s at speed; an extension 44 s of which 7 s; a calibration eval 38-43 s).
 JOB_S = {"train": 45.0, "eval": 40.0}
+# Block 1 on one H200: the 7 arms side by side took 169 s; an eval of every held-out file took
+# 162-197 s with four side by side (7 arms: two waves, 370 s); the diagnostics 30 s. Matmul
+# FLOPs miss most of an eval's time (per-item work, the judge's passes: the FLOP estimate said
+# 3.2 min for the stage), and one arm's tokens/s says little of seven sharing the GPU, so the
+# measured times are used as they are.
+MEASURED_STAGE_S = {"extend": 169.0, "eval-wave": 185.0, "diagnose": 30.0}
 # Measured on the device machine (all Python there, 315 MB); a block trains no tokenizer.
 CPU_STAGES_S = {"corpus": 16.0, "prepare": 59.0}
 BUCKETS = 4  # distance buckets 0-k, k-2k, 2k-4k, 4k-8k (in units of the short context k)
@@ -31,10 +37,12 @@ CHOICES = 4
 @dataclass(frozen=True)
 class Speeds:
     """Training tokens/s per stage ("pretrain": the trainee at the short context, "extend": at
-    the long one) and the TFLOP/s of everything else; `tflops` alone sets every rate."""
+    the long one), the measured seconds of a block's arms, eval wave and diagnostics, and the
+    TFLOP/s of everything else; `tflops` alone sets every rate."""
 
     tokens_per_s: dict[str, float] = field(default_factory=lambda: dict(MEASURED_TOKENS_PER_S))
     tflops: float | None = None
+    stage_s: dict[str, float] = field(default_factory=lambda: dict(MEASURED_STAGE_S))
 
     def train_rate(self, p: BlockProfile, stage: str) -> float:
         """Tokens/s of a training stage."""
@@ -57,6 +65,37 @@ def record_rates(p: BlockProfile, record: dict) -> dict[str, float]:
         if measured.get(key):
             rates[stage] = measured[key] * 1e12 / _train_flops_per_token(p, stage)
     return rates
+
+
+def extension_tokens(p: BlockProfile) -> float:
+    """The arms' extension work in training tokens at the long context: arms side by side share
+    the GPU, so their tokens add up, each scored arm's weighed by its scoring FLOPs."""
+    from .block_stages import flops_ratio
+
+    arm_tokens = p.extend.steps * p.extend.batch * p.long_len
+    train_per_seq = 3 * forward(p.trainee, p.vocab_size, p.long_len)
+    return sum(
+        arm_tokens * (flops_ratio(p) if arm.flops_matched else 1.0)
+        + arm_tokens * arm_scoring(p, arm) / train_per_seq
+        for arm in p.arms
+    )
+
+
+def extension_flops(p: BlockProfile) -> float:
+    return extension_tokens(p) * _train_flops_per_token(p, "extend")
+
+
+def record_stage_seconds(p: BlockProfile, record: dict) -> dict[str, float]:
+    """A block record's extension, eval wave and diagnostics seconds."""
+    walls = record["progress"].get("stage_seconds", {})
+    measured = dict(MEASURED_STAGE_S)
+    if walls.get("extend"):
+        measured["extend"] = walls["extend"]
+    if walls.get("eval"):
+        measured["eval-wave"] = walls["eval"] / math.ceil(len(p.arms) / p.jobs_per_device)
+    if walls.get("diagnose"):
+        measured["diagnose"] = walls["diagnose"]
+    return measured
 
 
 def _train_flops_per_token(p: BlockProfile, stage: str) -> float:
@@ -102,11 +141,9 @@ class Stage:
 
 
 def stages(p: BlockProfile, speeds: Speeds) -> list[Stage]:
-    """The pilot's calls b and c (a is done: its models are carried) and one block's a and c,
-    each on the machine the call before it left warm, except pilot-b and block-a: a fresh one
-    rebuilds the corpus and the shards."""
-    from .block_stages import flops_ratio
-
+    """The pilot's calls b and c (a is done: its models are carried) and one block's a, b and
+    c, each on the machine the call before it left warm, except pilot-b and block-a: a fresh
+    one rebuilds the corpus and the shards."""
     flop_rate = speeds.flop_rate(p)
 
     def train(stage: str, tokens: float, jobs: int = 1) -> float:
@@ -118,13 +155,14 @@ def stages(p: BlockProfile, speeds: Speeds) -> list[Stage]:
 
     pretrain_tokens = p.pretrain_steps * p.pretrain.batch * p.short_len
     arm_tokens = p.extend.steps * p.extend.batch * p.long_len
-    train_per_seq = 3 * forward(p.trainee, p.vocab_size, p.long_len)
-    # Arms side by side share the GPU: their tokens add up, each scored arm's by its FLOPs.
-    extend_tokens = sum(
-        arm_tokens * (flops_ratio(p) if arm.flops_matched else 1.0)
-        + arm_tokens * arm_scoring(p, arm) / train_per_seq
-        for arm in p.arms
-    )
+    if speeds.tflops is not None:
+        arms = train("extend", extension_tokens(p), len(p.arms))
+        block_evals = evals(len(p.arms) * _eval(p, p.trainee), len(p.arms))
+        diagnose = evals(_diagnose(p), 1)
+    else:
+        arms = speeds.stage_s["extend"]
+        block_evals = math.ceil(len(p.arms) / p.jobs_per_device) * speeds.stage_s["eval-wave"]
+        diagnose = speeds.stage_s["diagnose"]
     settings = sum(len(k.settings) for k in p.knobs) + 1  # + the plain eval of every task
     calibrate = settings * _eval(p, p.trainee, 1, p.calibration_items_per_bucket)
     cpu = [
@@ -137,11 +175,9 @@ def stages(p: BlockProfile, speeds: Speeds) -> list[Stage]:
         Stage("pilot-c", "calibrate", evals(calibrate, settings), settings),
         *[s for s in cpu if s.call == "block-a"],
         Stage("block-a", "pretrain", train("pretrain", pretrain_tokens)),
-        Stage("block-c", "extend", train("extend", extend_tokens, len(p.arms)), len(p.arms)),
-        Stage(
-            "block-c", "eval", evals(len(p.arms) * _eval(p, p.trainee), len(p.arms)), len(p.arms)
-        ),
-        Stage("block-c", "diagnose", evals(_diagnose(p), 1)),
+        Stage("block-b", "extend", arms, len(p.arms)),
+        Stage("block-c", "eval", block_evals, len(p.arms)),
+        Stage("block-c", "diagnose", diagnose),
     ]
 
 

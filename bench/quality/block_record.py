@@ -17,7 +17,7 @@ import numpy as np
 from tokenweight.trainer.evals.stats import paired_bca, wilson
 from tokenweight.trainer.metrics_log import METRICS_FILE, TOKENS_PER_S, read_metrics
 
-from .block_estimate import arm_scoring
+from .block_estimate import arm_scoring, extension_flops
 from .block_report import load_records, stop_rule
 from .endpoints import ENDPOINTS, REFERENCE_ARM, paired
 from .estimate import forward
@@ -89,17 +89,26 @@ def progress(ctx) -> dict:
     """Blocks done, device minutes, measured speed, and what to run next (the stop rule)."""
     p = ctx.profile
     stages = _read_jsonl(ctx.path("stages.jsonl"))
-    minutes = {}
+    minutes, walls = {}, {}
     for s in stages:
         key = "pilot" if s.get("block") is None else f"block-{s['block']}"
         minutes[key] = minutes.get(key, 0.0) + s["wall_s"] / 60
+        if s.get("block") == ctx.block:  # a stage repeated by a later call adds its ~0 s
+            walls[s["stage"]] = walls.get(s["stage"], 0.0) + s["wall_s"]
     done = sorted({r["block"] for r in load_records(ctx.results, exclude=ctx.block)} | {ctx.block})
+    extend_s = walls.get("extend")
     return {
         "blocks_done": done,
         "device_minutes": {k: round(v, 1) for k, v in minutes.items()},
+        "stage_seconds": {k: round(v, 1) for k, v in walls.items() if v >= 1},
         "training_tflops": {
             "pretrain": _tflops(ctx, ctx.block_path("pretrain"), p.short_len, ctx.world),
             "extend-uniform": _tflops(ctx, ctx.block_path("extend", "uniform"), p.long_len, 1),
+            # The GPU's total while the arms train side by side: every arm's training and
+            # scoring FLOPs over the stage's wall time (scorer start-up included).
+            "extend-all-arms": float(f"{extension_flops(p) / extend_s / ctx.world / 1e12:.3g}")
+            if extend_s
+            else None,
         },
         "flops_ratio": {
             arm.name: round(
@@ -111,17 +120,23 @@ def progress(ctx) -> dict:
 
 
 def _diagnostics(path: Path) -> dict | None:
-    """Spearman agreement of the two scorers' weights and each scorer's AUROC."""
+    """Spearman agreement of the two scorers' weights and each scorer's AUROC: their own
+    contrasts and (blocks from 2 on) paired with the uniformly extended trainee's logp_long."""
     d = _read_json(path)
     if d is None:
         return None
     names = ("weak", "base")
-    return {
+    out = {
         "rank_agreement": d["rank_agreement"],
         "auroc": {name: s["auroc"] for name, s in zip(names, d["scorers"])},
         "repeat_tokens": d["repeat_tokens"],
         "tokens": d["tokens"],
     }
+    if "rank_agreement_hybrid" in d:  # each scorer's logp_short with the extended trainee's long
+        out["long_model"] = d["settings"]["long_model"]
+        out["rank_agreement_hybrid"] = d["rank_agreement_hybrid"]
+        out["auroc_hybrid"] = {name: s["auroc_hybrid"] for name, s in zip(names, d["scorers"])}
+    return out
 
 
 def _value(ep, arrays: list[np.ndarray]) -> dict:

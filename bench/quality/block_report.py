@@ -160,23 +160,42 @@ def _fill(doc: Path, summary: dict, figure: Path) -> None:
             )
     lines += [
         "",
-        "Scorer diagnostics (no training): Spearman agreement of the weak and trainee-size "
-        "scorers' dense weights; AUROC of each scorer's |Δ| for long-range identifier repeats:",
+        "Scorer diagnostics (no training), on held-out files: Spearman agreement of the weak and "
+        "trainee-size scorers' dense weights, and the AUROC of each scorer's |Δ| for the tokens "
+        "of long-range identifier repeats. *own*: each scorer's logp_long with its own "
+        "logp_short; both scorers were trained at the short context only, so they read the long "
+        "one no better. *hybrid*: each scorer's logp_short with the block's uniformly extended "
+        "trainee's logp_long, as the hybrid arms pair it with the trainee's own (from block 2).",
         "",
-        "| block | rank agreement | AUROC weak | AUROC trainee-size |",
+        "| block | rank agreement own / hybrid | AUROC weak own / hybrid "
+        "| AUROC trainee-size own / hybrid |",
         "|---|---:|---:|---:|",
     ]
     for block, d in summary["diagnostics"].items():
         if d:
+            hybrid = "auroc_hybrid" in d
+            rho = d["rank_agreement_hybrid"]["pooled"] if hybrid else None
             lines.append(
-                f"| {block} | {d['rank_agreement']['pooled']:.3f} | {d['auroc']['weak']:.3f} | "
-                f"{d['auroc']['base']:.3f} |"
+                f"| {block} | {_pair(d['rank_agreement']['pooled'], rho)} | "
+                + " | ".join(
+                    _pair(d["auroc"][s], d["auroc_hybrid"][s] if hybrid else None)
+                    for s in ("weak", "base")
+                )
+                + " |"
             )
-    lines += ["", "| block | device minutes | training TFLOP/s | next |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "| block | device minutes | training TFLOP/s: pretraining; extension, one arm / all "
+        "arms side by side | next |",
+        "|---|---:|---|---|",
+    ]
     for p in summary["progress"]:
+        minutes = p["device_minutes"].get(f"block-{p['block']}", 0.0)
+        t = p["training_tflops"]
         lines.append(
-            f"| {p['block']} | {json.dumps(p['device_minutes'])} | "
-            f"{json.dumps(p['training_tflops'])} | {p['next']['next']} |"
+            f"| {p['block']} | {minutes:.1f} | {_num(t.get('pretrain'))}; "
+            f"{_num(t.get('extend-uniform'))} / {_num(t.get('extend-all-arms'))} | "
+            f"{p['next']['next']} |"
         )
     lines += ["", f"![per-block differences]({os.path.relpath(figure, doc.parent)})", END]
     head, rest = text.split(BEGIN, 1)
@@ -221,3 +240,11 @@ def _plot(summary: dict, out: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _pair(own: float, hybrid: float | None) -> str:
+    return f"{own:.3f} / " + ("–" if hybrid is None else f"{hybrid:.3f}")
+
+
+def _num(x: float | None) -> str:
+    return "–" if x is None else f"{x:.0f}"

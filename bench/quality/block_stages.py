@@ -21,6 +21,7 @@ from pathlib import Path
 
 from . import calibrate as calibrate_module
 from .block_profiles import BlockArm, BlockProfile
+from .endpoints import REFERENCE_ARM
 from .jobs import TOKENWEIGHT, Job, PipelineError, Runner, flags, scorer_server
 from .profiles import Shape, Training
 from .stages import drop_checkpoints, trainer_argv, write_init
@@ -299,7 +300,10 @@ def evaluate(ctx: BlockContext) -> None:
 def diagnose(ctx: BlockContext) -> None:
     """Scorer diagnostics, no training: rank agreement of the weak and the trainee-size
     scorers' dense weights, and how well each one's |delta| finds long-range identifier
-    repeats (AUROC), on the held-out files (`tokenweight diagnose`)."""
+    repeats (AUROC), on the held-out files (`tokenweight diagnose`). Both scorers were
+    trained at the short context only, so besides their own contrasts each one's logp_short
+    is paired with the uniformly extended trainee's logp_long, as the hybrid arms pair it
+    with the trainee's own."""
     out = ctx.block_path("diagnose.json")
     if out.is_file():
         return
@@ -307,6 +311,7 @@ def diagnose(ctx: BlockContext) -> None:
     scorers = [ctx.block_path("scorer", name) for name in ("weak", "base")]
     argv = TOKENWEIGHT + ["diagnose", "--scorer", str(scorers[0]), "--scorer", str(scorers[1])]
     argv += flags(
+        long_model=ctx.block_path("extend", REFERENCE_ARM, "model"),
         data=ctx.path("corpus", "heldout.jsonl"),
         seq_len=p.long_len,
         window=p.short_len,

@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--record",
         help="estimate, block profiles: a block's record (quality_blockN.json) whose measured "
-        "training TFLOP/s set the rates",
+        "training TFLOP/s and eval and diagnostics seconds set the rates",
     )
     args = parser.parse_args(argv)
     if args.profile in BLOCK_PROFILES:
@@ -134,7 +134,13 @@ def main(argv: list[str] | None = None) -> int:
                 )
             except ValueError as exc:
                 parser.error(str(exc))
-            print(block_estimate.table(profile, block_estimate.Speeds(rates, args.tflops)))
+            stage_s = (
+                block_estimate.record_stage_seconds(profile, record)
+                if record
+                else dict(block_estimate.MEASURED_STAGE_S)
+            )
+            speeds = block_estimate.Speeds(rates, args.tflops, stage_s)
+            print(block_estimate.table(profile, speeds))
             return 0
         if args.stages == ["unpack"]:
             if not args.source:

@@ -48,3 +48,39 @@ def test_diagnose_end_to_end(tiny_model_dir, tiny_short_model_dir, tmp_path, cap
     assert "AUROC" in capsys.readouterr().out
     assert main([*args, *common, "--out", str(out), "--preset", "nope"]) == 1
     assert "--preset" in capsys.readouterr().err
+
+
+def test_diagnose_long_model_pairs_its_logp_long_with_each_scorers_logp_short(
+    tiny_model_dir, tiny_short_model_dir, tmp_path
+):
+    """With the first scorer as the long model, its hybrid contrast is its own contrast; the
+    second scorer's hybrid AUROC is the one computed by hand from the two engines."""
+    from tokenweight.trainer.evals.diagnose import auroc
+    from tokenweight.trainer.evals.heldout import load_heldout
+    from tokenweight.trainer.evals.idrecall import id_loss_mask, source_files
+    from tokenweight.trainer.evals.lm import load_engine
+    from tokenweight.trainer.prepare import load_tokenizer
+
+    data = write_jsonl(tmp_path / "heldout.jsonl", source_texts())
+    out = tmp_path / "hybrid.json"
+    args = ["diagnose", "--scorer", str(tiny_model_dir), "--scorer", str(tiny_short_model_dir)]
+    args += ["--long-model", str(tiny_model_dir), "--data", str(data), "--seq-len", "512"]
+    assert main([*args, "--window", "64", "--max-sequences", "4", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    own_long, short = result["scorers"]
+    assert own_long["auroc_hybrid"] == pytest.approx(own_long["auroc"], abs=1e-12)
+    assert short["auroc_hybrid"] != pytest.approx(short["auroc"], abs=1e-6)
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    heldout = load_heldout(str(data), tok.backend, 512, 64, 4, 0)
+    targets = np.concatenate([id_loss_mask(f, 64) for f in source_files(heldout)])
+    long_engine = load_engine(tiny_model_dir, 512, 64, "cpu", None)
+    short_engine = load_engine(tiny_short_model_dir, 512, 64, "cpu", None)
+    delta = np.concatenate(
+        [
+            np.abs(a.logp_long - b.logp_short)
+            for a, b in zip(long_engine.score(heldout.long), short_engine.score(heldout.long))
+        ]
+    )
+    assert short["auroc_hybrid"] == pytest.approx(auroc(delta, targets), abs=1e-9)
+    assert -1.0 <= result["rank_agreement_hybrid"]["pooled"] <= 1.0

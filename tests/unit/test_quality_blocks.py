@@ -133,13 +133,34 @@ def test_primaries_holm_verdicts_and_stop_rule(tmp_path):
 
 def test_report_fills_its_section(tmp_path):
     for block in (1, 2):
-        block_record.write(make_block(tmp_path, block, 0.1))
+        ctx = make_block(tmp_path, block, 0.1)
+        if block == 2:  # block 2 has the diagnostics with the extended trainee's logp_long
+            scorers = [{"auroc": 0.51, "auroc_hybrid": 0.81}, {"auroc": 0.52, "auroc_hybrid": 0.83}]
+            diagnose = {
+                "settings": {"long_model": "extend/uniform/model"},
+                "rank_agreement": {"pooled": 0.7},
+                "rank_agreement_hybrid": {"pooled": 0.9},
+                "scorers": scorers,
+                "repeat_tokens": 5,
+                "tokens": 50,
+            }
+            ctx.block_path("diagnose.json").write_text(json.dumps(diagnose))
+            stages = [{"stage": "extend", "block": 2, "wall_s": 120.0}]
+            stages += [{"stage": "extend", "block": 2, "wall_s": 0.0}]  # a later call's skip
+            (tmp_path / "stages.jsonl").write_text("".join(json.dumps(x) + "\n" for x in stages))
+        record = block_record.write(ctx)
+    from bench.quality.block_estimate import extension_flops
+
+    all_arms = record["progress"]["training_tflops"]["extend-all-arms"]
+    assert all_arms == pytest.approx(extension_flops(PROFILE) / 120.0 / 1e12, rel=1e-2)
+    assert record["progress"]["stage_seconds"] == {"extend": 120.0}
     doc = tmp_path / "RESULTS.md"
     doc.write_text(f"before\n{block_report.BEGIN}\nold\n{block_report.END}\nafter\n")
     summary = block_report.write_report(tmp_path / "results", doc, tmp_path / "plots")
     text = doc.read_text()
     assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
     assert "| dense-weak |" in text and (tmp_path / "plots" / "quality_blocks.png").is_file()
+    assert "| 2 | 0.700 / 0.900 | 0.510 / 0.810 | 0.520 / 0.830 |" in text
     assert summary["blocks"] == [1, 2] and summary["stop_rule"]["next"] == "block 3"
     assert json.loads((tmp_path / "results" / "quality_summary.json").read_text())["blocks"] == [
         1,
@@ -388,3 +409,11 @@ def test_estimate_from_measured_rates_and_the_pilot_split():
     record = {"progress": {"training_tflops": {"pretrain": 930_000 * per_token / 1e12}}}
     rates = be.record_rates(p, record)
     assert rates["pretrain"] == pytest.approx(930_000) and rates["extend"] == 726_000
+    # The arms, evals and diagnostics go by a record's measured stage times, as they are: the
+    # evals in waves of jobs_per_device, block-b and block-c each its own call.
+    record["progress"]["stage_seconds"] = {"extend": 100.0, "eval": 300.0, "diagnose": 20.0}
+    timed = be.Speeds(rates, None, be.record_stage_seconds(p, record))
+    calls = be.call_minutes(p, timed)
+    assert calls["block-b"] == pytest.approx(100 / 60)
+    assert calls["block-c"] == pytest.approx((300 + 20) / 60)
+    assert be.record_stage_seconds(p, {"progress": {}}) == be.MEASURED_STAGE_S

@@ -8,6 +8,12 @@
 - what each scorer finds: the AUROC of its |delta| = |logp_long - logp_short| for telling the
   tokens of long-range identifier repeats (the `id_loss` tokens: seen before, but not in the
   last `window` tokens) from all other tokens.
+
+A scorer trained only at the window's length reads the long context no better than the window,
+so its own delta finds little. The `hybrid` source pairs such a frozen scorer's logp_short with
+the trainee's own logp_long; `--long-model` measures that pairing: every scorer's logp_short
+against one long-context model's logp_long (`auroc_hybrid`, `rank_agreement_hybrid`), beside
+the scorers' own contrasts.
 """
 
 import sys
@@ -40,6 +46,11 @@ class DiagnoseConfig:
     seq_len: int = flag(help="context in tokens")
     out: str = flag(help="JSON file to write")
     window: int | None = flag(None, "the scorers' short window (default seq-len/8)")
+    long_model: str | None = flag(
+        None,
+        "a long-context model whose logp_long is paired with every scorer's logp_short, as the "
+        "hybrid source pairs the trainee's with the frozen scorer's (adds *_hybrid results)",
+    )
     tokenizer: str | None = flag(None, "tokenizer directory (default: the first --scorer)")
     preset: str = flag("dense", "weighting preset of the compared weights")
     max_sequences: int = flag(64, "held-out files read")
@@ -109,10 +120,13 @@ def run(args) -> int:
     except (DiagnoseError, HeldOutError, ModelLoadError) as exc:
         print(f"tokenweight diagnose: error: {exc}", file=sys.stderr)
         return 1
-    agreement = result["rank_agreement"]
-    found = ", ".join(f"{s['model']} {s['auroc']:.3f}" for s in result["scorers"])
-    rho = f"Spearman {agreement['pooled']:.3f}; " if agreement else ""
-    print(f"{rho}AUROC of |delta| for long-range identifier repeats: {found}")
+    for suffix, label in (("", "own contrast"), ("_hybrid", "with --long-model")):
+        if f"rank_agreement{suffix}" not in result:
+            continue
+        agreement = result[f"rank_agreement{suffix}"]
+        found = ", ".join(f"{s['model']} {s[f'auroc{suffix}']:.3f}" for s in result["scorers"])
+        rho = f"Spearman {agreement['pooled']:.3f}; " if agreement else ""
+        print(f"{label}: {rho}AUROC of |delta| for long-range identifier repeats: {found}")
     return 0
 
 
@@ -120,7 +134,7 @@ def diagnose(cfg: DiagnoseConfig) -> dict:
     """Score the held-out files with every scorer and write `cfg.out`; returns what was written."""
     from ..prepare import load_tokenizer
     from ..weighting import WeightingConfig
-    from .lm import LocalJudge, load_engine
+    from .lm import LocalJudge, load_engine, logprob_fn
 
     window = cfg.window or max(2, cfg.seq_len // 8)
     if not 2 <= window < cfg.seq_len:
@@ -138,21 +152,30 @@ def diagnose(cfg: DiagnoseConfig) -> dict:
         raise DiagnoseError("--data must be a .jsonl of files: the repeats are found in the text")
     files = source_files(heldout)
     targets = np.concatenate([id_loss_mask(f, window) for f in files])
-    scorers, weights = [], []
+
+    def batches():
+        for lo in range(0, len(heldout.long), cfg.batch_sequences):
+            yield heldout.long[lo : lo + cfg.batch_sequences]
+
+    long_side = None
+    if cfg.long_model:
+        read_long = logprob_fn(load_engine(cfg.long_model, cfg.seq_len, window, cfg.device, cfg.dtype))
+        long_side = [ll for batch in batches() for ll in read_long(batch)]
+    scorers, weights, hybrid_weights = [], [], []
     for path in cfg.scorer:
         judge = LocalJudge(load_engine(path, cfg.seq_len, window, cfg.device, cfg.dtype), window)
-        contrast = []
-        for lo in range(0, len(heldout.long), cfg.batch_sequences):
-            contrast += judge.contrast(heldout.long[lo : lo + cfg.batch_sequences])
-        delta = np.concatenate([np.abs(ll - ls) for ll, ls in contrast])
+        contrast = [pair for batch in batches() for pair in judge.contrast(batch)]
         weights.append(token_weights(contrast, cfg.preset))
-        scorers.append(
-            {
-                "model": path,
-                "fingerprint": judge.describe["fingerprint"],
-                "auroc": auroc(delta, targets),
-            }
-        )
+        found = {
+            "model": path,
+            "fingerprint": judge.describe["fingerprint"],
+            "auroc": _delta_auroc(contrast, targets),
+        }
+        if long_side is not None:
+            hybrid = [(ll, ls) for ll, (_, ls) in zip(long_side, contrast)]
+            hybrid_weights.append(token_weights(hybrid, cfg.preset))
+            found["auroc_hybrid"] = _delta_auroc(hybrid, targets)
+        scorers.append(found)
     result = {
         "format": FORMAT,
         "settings": {**asdict(cfg), "window": window},
@@ -160,10 +183,20 @@ def diagnose(cfg: DiagnoseConfig) -> dict:
         "tokens": int(targets.size),
         "repeat_tokens": int(targets.sum()),
         "scorers": scorers,
-        "rank_agreement": rank_agreement(weights[0], weights[1]) if len(weights) > 1 else None,
+        "rank_agreement": _agreement(weights),
+        **({"rank_agreement_hybrid": _agreement(hybrid_weights)} if long_side is not None else {}),
         "elapsed_s": round(time.perf_counter() - started, 2),
     }
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out, result, tmp_dir=out.parent)
     return result
+
+
+def _delta_auroc(contrast: list[tuple[np.ndarray, np.ndarray]], targets: np.ndarray) -> float:
+    return auroc(np.concatenate([np.abs(ll - ls) for ll, ls in contrast]), targets)
+
+
+def _agreement(weights: list[list[np.ndarray]]) -> dict | None:
+    """The first two scorers' weights compared; None with one scorer."""
+    return rank_agreement(weights[0], weights[1]) if len(weights) > 1 else None
