@@ -57,12 +57,12 @@ def test_compiled_blocks_with_eager_rounding_give_the_plain_bf16_scores():
     plain = ScoringEngine(tiny_model().to(torch.bfloat16), window=32,
                           options=ForwardOptions(token_budget=512))
     torch._dynamo.reset()  # a fresh compilation, not the recompile limit of an earlier one
-    exact = ScoringEngine(tiny_model().to(torch.bfloat16), window=32, options=ForwardOptions(
+    rounded = ScoringEngine(tiny_model().to(torch.bfloat16), window=32, options=ForwardOptions(
         token_budget=512, compile_blocks=True, compile_blocks_eager_rounding=True))
-    for a, b in zip(plain.score(sequences()), exact.score(sequences())):
+    for a, b in zip(plain.score(sequences()), rounded.score(sequences())):
         np.testing.assert_allclose(b.logp_long, a.logp_long, atol=1e-5, rtol=0)
         np.testing.assert_allclose(b.logp_short, a.logp_short, atol=1e-5, rtol=0)
     # Not bit-identical on every device: stored scores keep it apart from both other paths.
-    eager_rounded = exact.fingerprint()
-    exact.options = dataclasses.replace(exact.options, compile_blocks_eager_rounding=False)
-    assert eager_rounded not in {plain.fingerprint(), exact.fingerprint()}
+    eager_rounded = rounded.fingerprint()
+    rounded.options = dataclasses.replace(rounded.options, compile_blocks_eager_rounding=False)
+    assert eager_rounded not in {plain.fingerprint(), rounded.fingerprint()}
