@@ -131,9 +131,9 @@ def job_flops(config, length, window, stride):
 
 def uncompile(model):
     """Undo compile_blocks: drop the compiled forward each layer got as an attribute, and
-    torch's compiled code with it. Each compilation adds entries to the cache of the one code
-    object all layers share; past torch's recompile limit (8, reached by the second
-    compilation of a process) a later variant would silently run partly eager."""
+    torch's compiled code with it. A compilation with other options adds its own entries to
+    the cache of the one code object all layers share; torch's recompile limit (8) was hit by
+    the second (fused-eager-casts after fused), whose layers then silently ran partly eager."""
     for layer in decoder_layers(model):
         layer.__dict__.pop("forward", None)
     torch._dynamo.reset()
