@@ -10,6 +10,10 @@ recorded in each row:
             cut with unfold, minibatch 1, full logits, cross-entropy on the transposed bf16
             logits, and the entropy term that code computes and then drops.
 
+Which of two bf16 paths that disagree is the more accurate their difference cannot say, so
+every row also records its distance from an fp32 reference: the same sequences scored by the
+plain path on an fp32 copy of the model (the same weights; skip with --no-fp32-reference).
+
     python -m bench.engine_bench                          # 1B and 8B shapes at 8k and 32k
     python -m bench.engine_bench --lengths 65536 131072 --windows 8192 32768 --impls engine
     python -m bench.engine_bench --cpu-smoke --variants plain cudnn --out /tmp/smoke.json
@@ -17,6 +21,7 @@ writes bench/results/engine_h200.json (or --out).
 """
 
 import argparse
+import copy
 import sys
 import time
 
@@ -46,6 +51,11 @@ VARIANTS = {
     "fused": ForwardOptions(
         token_budget=131072, sdpa_backends=("CUDNN_ATTENTION",), compile_logprobs=True,
         compile_blocks=True,
+    ),
+    # The same, keeping every bf16 rounding eager makes between the fused operations.
+    "fused-eager-casts": ForwardOptions(
+        token_budget=131072, sdpa_backends=("CUDNN_ATTENTION",), compile_logprobs=True,
+        compile_blocks=True, compile_blocks_eager_rounding=True,
     ),
 }
 
@@ -120,9 +130,13 @@ def job_flops(config, length, window, stride):
 
 
 def uncompile(model):
-    """Undo compile_blocks: drop the compiled forward each layer got as an attribute."""
+    """Undo compile_blocks: drop the compiled forward each layer got as an attribute, and
+    torch's compiled code with it. A compilation with other options adds its own entries to
+    the cache of the one code object all layers share; torch's recompile limit (8) was hit by
+    the second (fused-eager-casts after fused), whose layers then silently ran partly eager."""
     for layer in decoder_layers(model):
         layer.__dict__.pop("forward", None)
+    torch._dynamo.reset()
 
 
 def measure(fn, device, repeats):
@@ -137,15 +151,42 @@ def measure(fn, device, repeats):
     return seconds, peak, peak - base
 
 
-def agreement(pairs, reference) -> dict:
-    """Max and mean |d| of (logp_long, logp_short) pairs against the engine's results."""
+def agreement(pairs, reference, against="engine") -> dict:
+    """Max and mean |d| of (logp_long, logp_short) pairs against a reference's results
+    (the first engine variant's, or the fp32 reference's)."""
     out = {}
     for i, name in enumerate(("long", "short")):
         diffs = torch.cat([(pair[i] - torch.from_numpy(getattr(r, "logp_" + name))).abs()
                            for pair, r in zip(pairs, reference)])
-        out[f"max_abs_diff_{name}_vs_engine"] = float(diffs.max())
-        out[f"mean_abs_diff_{name}_vs_engine"] = float(diffs.mean())
+        out[f"max_abs_diff_{name}_vs_{against}"] = float(diffs.max())
+        out[f"mean_abs_diff_{name}_vs_{against}"] = float(diffs.mean())
     return out
+
+
+def make_sequences(length, vocab_size, tokens_per_run):
+    """The sequences scored at one length, seeded by it: the same for every path."""
+    g = torch.Generator().manual_seed(length)
+    sequences = [torch.randint(3, vocab_size, (length,), generator=g)
+                 for _ in range(max(1, tokens_per_run // length))]
+    for x in sequences:
+        x[0] = 1  # BOS: exercises the BOS-in-place-of-first-token rule
+    return sequences
+
+
+def fp32_references(model, jobs):
+    """Scores of each (sequences, window, stride) job by the plain path on an fp32 copy of
+    `model`: the same weights (bf16 ones are exact in fp32), no rounding to bf16 between the
+    operations. The copy (32 GB for 8B) lives only while these run."""
+    exact = copy.deepcopy(model).float()
+    references = [
+        ScoringEngine(exact, window=window, stride=stride, options=VARIANTS["plain"])
+        .score([x.numpy() for x in sequences])
+        for sequences, window, stride in jobs
+    ]
+    del exact
+    if model.device.type == "cuda":
+        torch.cuda.empty_cache()
+    return references
 
 
 BASELINES = {"baseline": ("hf-full-logits", baseline), "released": ("released-code", released)}
@@ -159,12 +200,15 @@ def main(argv=None):
                         help="window k per length (default L/4)")
     parser.add_argument("--tokens-per-run", type=int, default=32768)
     parser.add_argument("--repeats", type=int, default=2, help="timed runs after one warm-up")
-    parser.add_argument("--variants", nargs="+", default=["plain", "cudnn+compiled", "fused"],
+    parser.add_argument("--variants", nargs="+",
+                        default=["plain", "cudnn+compiled", "fused", "fused-eager-casts"],
                         choices=list(VARIANTS), help="engine paths; the first is the reference")
     parser.add_argument("--hybrid-for", nargs="*", default=["cudnn+compiled"],
                         help="engine variants also timed for logp_short alone (hybrid source)")
     parser.add_argument("--impls", nargs="+", default=["engine", "baseline", "released"],
                         choices=["engine", *BASELINES])
+    parser.add_argument("--no-fp32-reference", dest="fp32_reference", action="store_false",
+                        help="skip scoring on an fp32 copy of each model (the *_vs_fp32 columns)")
     parser.add_argument("--out", default="engine_h200.json",
                         help="file name under bench/results (and $OUT), or an absolute path")
     parser.add_argument("--cpu-smoke", action="store_true",
@@ -189,14 +233,20 @@ def main(argv=None):
     for shape in args.shapes:
         dtype = torch.float32 if args.cpu_smoke else torch.bfloat16
         model = build_model(shape, max(args.lengths) + 1, dtype=dtype, device=device)
-        for length, window in zip(args.lengths, windows):
-            stride = default_stride(window)
-            n_seq = max(1, args.tokens_per_run // length)
-            g = torch.Generator().manual_seed(length)
-            sequences = [torch.randint(3, model.config.vocab_size, (length,), generator=g)
-                         for _ in range(n_seq)]
-            for x in sequences:
-                x[0] = 1  # BOS: exercises the BOS-in-place-of-first-token rule
+        jobs = [(make_sequences(length, model.config.vocab_size, args.tokens_per_run), window,
+                 default_stride(window)) for length, window in zip(args.lengths, windows)]
+        # Before any timing, so the copy is gone when memory is measured.
+        fp32 = fp32_references(model, jobs) if args.fp32_reference else [None] * len(jobs)
+        for (sequences, window, stride), fp32_reference in zip(jobs, fp32):
+            length, n_seq = sequences[0].numel(), len(sequences)
+
+            def checked(pairs, reference):
+                """A row's agreement columns: with the first engine variant and with fp32."""
+                out = agreement(pairs, reference) if reference else {}
+                if fp32_reference:
+                    out.update(agreement(pairs, fp32_reference, against="fp32"))
+                return out
+
             flops = n_seq * job_flops(model.config, length, window, stride)
             tokens = n_seq * length
             common = dict(model=shape, seq_len=length, window=window, stride=stride,
@@ -226,7 +276,7 @@ def main(argv=None):
                 pairs = [(torch.from_numpy(r.logp_long), torch.from_numpy(r.logp_short))
                          for r in out["r"]]
                 row("engine", name, seconds, peak, above, engine_build_s=built,
-                    **agreement(pairs, reference))
+                    **checked(pairs, reference))
                 if name in args.hybrid_for:
                     # logp_short alone (the `hybrid` source): the long pass is skipped, so the
                     # FLOPs are those of the first window and the chunks.
@@ -237,7 +287,8 @@ def main(argv=None):
                         lambda: engine.score(numpy_seqs, outputs=Outputs(False, False, True)),
                         device, args.repeats)
                     row("engine", name + ", logp_short only", seconds, peak, above, hybrid_flops)
-                uncompile(model)
+                if VARIANTS[name].compile_blocks:
+                    uncompile(model)
             for impl in args.impls:
                 if impl == "engine":
                     continue
@@ -247,18 +298,19 @@ def main(argv=None):
                     lambda: out.update(r=fn(model, sequences, window, stride, 1)),
                     device, args.repeats,
                 )
-                checked = agreement(out["r"], reference) if reference else {}
-                row(impl, variant, seconds, peak, above, **checked)
+                row(impl, variant, seconds, peak, above, **checked(out["r"], reference))
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    print(f"{'model':14} {'L':>6} {'impl':9} {'variant':16} {'tok/s':>9} {'MFU':>6} "
-          f"{'peak GiB':>9} {'max|d short|':>12}")
+    print(f"{'model':14} {'L':>6} {'impl':9} {'variant':17} {'tok/s':>9} {'MFU':>6} "
+          f"{'peak GiB':>9} {'max|d short|':>12} {'mean|d short| fp32':>18}")
     for r in rows:
         mfu = f"{r['mfu']:.1%}" if r["mfu"] else "-"
-        print(f"{r['model']:14} {r['seq_len']:>6} {r['impl']:9} {r['variant']:16} "
+        vs_fp32 = r.get("mean_abs_diff_short_vs_fp32")
+        print(f"{r['model']:14} {r['seq_len']:>6} {r['impl']:9} {r['variant']:17} "
               f"{r['tokens_per_s']:>9.0f} {mfu:>6} {r['peak_mem_gib']:>9.1f} "
-              f"{r.get('max_abs_diff_short_vs_engine', 0):>12.4f}")
+              f"{r.get('max_abs_diff_short_vs_engine', 0):>12.4f} "
+              f"{'-' if vs_fp32 is None else f'{vs_fp32:.4f}':>18}")
     return rows
 
 

@@ -19,7 +19,12 @@ def decoder_layers(lm: nn.Module) -> nn.ModuleList:
     return layers
 
 
-def compile_blocks(lm: nn.Module, backend: str = "inductor", dynamic: bool | None = None) -> None:
+def compile_blocks(
+    lm: nn.Module,
+    backend: str = "inductor",
+    dynamic: bool | None = None,
+    emulate_precision_casts: bool = False,
+) -> None:
     """Compile each decoder layer's forward in place, scaled-dot-product attention excluded.
 
     The norms, RoPE, SiLU-gated MLP and residual adds are elementwise work that eager mode
@@ -30,8 +35,15 @@ def compile_blocks(lm: nn.Module, backend: str = "inductor", dynamic: bool | Non
     FSDP's hooks (which run around `forward`) are unchanged; all layers share one compiled
     graph. `dynamic`: torch.compile's; True compiles symbolic batch and length once, where
     the default compiles the first shape statically and recompiles symbolically on the next.
+    `emulate_precision_casts`: inductor's option of that name. A fused kernel otherwise keeps
+    the intermediates of consecutive bf16 operations in fp32, skipping the rounding to bf16
+    that eager mode makes after each of them (closer to exact, but not eager's numbers); with
+    it, every one of those roundings is kept, so the layers round as eager ones do.
     Call before activation checkpointing and parallelisation.
     """
+    options = {"emulate_precision_casts": True} if emulate_precision_casts else None
     torch._dynamo.disallow_in_graph(F.scaled_dot_product_attention)
     for layer in decoder_layers(lm):
-        layer.forward = torch.compile(layer.forward, backend=backend, dynamic=dynamic)
+        layer.forward = torch.compile(
+            layer.forward, backend=backend, dynamic=dynamic, options=options
+        )

@@ -38,6 +38,9 @@ class ForwardOptions:
     `compile_blocks`: compile each decoder layer's elementwise work (norms, RoPE, SiLU-gated
     MLP, residual adds) around eager SDPA attention (service/blocks.py); the engine compiles
     once, with symbolic batch and length, when it is built.
+    `compile_blocks_eager_rounding`: with `compile_blocks`, keep every bf16 rounding eager
+    mode makes between the fused operations (inductor's emulate_precision_casts), for the
+    plain path's numbers; without it the fused kernels keep those intermediates in fp32.
     `batch_invariant`: run every pass in a forward call of its own, so a sequence's scores
     are bit-identical whatever it is batched with (kernels pick tilings by shape, which moves
     rounding); costs the batching speed-up on short sequences, little on long ones.
@@ -48,6 +51,7 @@ class ForwardOptions:
     sdpa_backends: tuple[str, ...] | None = None
     compile_logprobs: bool = False
     compile_blocks: bool = False
+    compile_blocks_eager_rounding: bool = False
     batch_invariant: bool = False
 
 
