@@ -112,6 +112,49 @@ def attention_context(backends: tuple[str, ...] | None, device: torch.device):
     return sdpa_kernel(chosen + rest, set_priority=True)
 
 
+# An attention implementation with no mask function of its own: transformers then builds no
+# mask at all (its path for TGI/vLLM backends). It is transformers' own SDPA function, which
+# with no mask runs causal attention exactly as the "sdpa" implementation does here.
+MASKLESS_SDPA = "tokenweight_maskless_sdpa"
+_registered_maskless = False
+
+
+@contextlib.contextmanager
+def maskless_causal_sdpa(config):
+    """Run a forward of an "sdpa" model without transformers' mask preparation.
+
+    Without a mask, transformers checks `position_ids` for packed sequences at every forward:
+    an `.all()` on a GPU tensor, so the host waits there for all queued GPU work and cannot
+    launch the next batch while the GPU runs this one. Rows here are never packed. Other
+    implementations (eager, flash) and models whose mask is more than causal (a sliding
+    window, attention chunks, per-layer attention types) keep transformers' masks.
+    """
+    global _registered_maskless
+    if config._attn_implementation != "sdpa" or not _plain_causal(config):
+        yield
+        return
+    if not _registered_maskless:
+        from transformers import AttentionInterface
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        AttentionInterface.register(MASKLESS_SDPA, sdpa_attention_forward)
+        _registered_maskless = True
+    config._attn_implementation = MASKLESS_SDPA
+    try:
+        yield
+    finally:
+        config._attn_implementation = "sdpa"
+
+
+def _plain_causal(config) -> bool:
+    layer_types = getattr(config, "layer_types", None) or ()
+    return (
+        not getattr(config, "sliding_window", None)
+        and not getattr(config, "attention_chunk_size", None)
+        and all(t == "full_attention" for t in layer_types)
+    )
+
+
 def base_hidden_states(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     """Last hidden states [B, T, d] of right-padded rows, every row starting at position 0.
 
@@ -121,7 +164,8 @@ def base_hidden_states(model: nn.Module, input_ids: torch.Tensor) -> torch.Tenso
     """
     batch, length = input_ids.shape
     position_ids = torch.arange(length, device=input_ids.device).expand(batch, length)
-    out = model.base_model(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+    with maskless_causal_sdpa(model.base_model.config):
+        out = model.base_model(input_ids=input_ids, position_ids=position_ids, use_cache=False)
     return out.last_hidden_state
 
 

@@ -271,3 +271,45 @@ def test_batch_invariant_scores_do_not_depend_on_batch_company(checkpoints):
             assert np.array_equal(getattr(r, name), getattr(alone, name))
     plain = engine_for(checkpoints, "qwen2", K, 6)
     assert plain.fingerprint() != engine.fingerprint()
+
+
+def _spy_packed_checks(monkeypatch) -> list:
+    import transformers.masking_utils as masking
+
+    calls, check = [], masking.find_packed_sequence_indices
+    monkeypatch.setattr(
+        masking, "find_packed_sequence_indices", lambda pos: calls.append(1) or check(pos)
+    )
+    return calls
+
+
+@pytest.mark.parametrize(
+    "config, maskless",
+    [
+        (SHAPES["llama"], True),
+        # A sliding window narrower than the rows: its mask must stay, or far tokens leak in.
+        (lambda: MistralConfig(**{**SHAPES["mistral"]().to_dict(), "sliding_window": 16}), False),
+    ],
+)
+def test_forward_skips_the_packed_sequence_check_only_where_the_mask_is_plain_causal(
+    config, maskless, monkeypatch
+):
+    """The engine's forwards build no transformers mask for a plain causal "sdpa" model (the
+    packed-sequence check is a GPU sync per forward); the scores are the masked path's, bit
+    for bit, and the config is left as it was."""
+    from tokenweight.service import logprobs
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config(), attn_implementation="sdpa").eval()
+    engine = ScoringEngine(model, window=16)
+    rows = [np.random.default_rng(i).integers(3, VOCAB, n) for i, n in enumerate((60, 41, 7))]
+    calls = _spy_packed_checks(monkeypatch)
+    fast = engine.score(rows)
+    assert (not calls) == maskless
+    assert model.config._attn_implementation == "sdpa"
+    monkeypatch.setattr(logprobs, "_plain_causal", lambda config: False)  # the masked path
+    masked = engine.score(rows)
+    assert calls
+    for a, b in zip(fast, masked):
+        np.testing.assert_array_equal(a.logp_long, b.logp_long)
+        np.testing.assert_array_equal(a.logp_short, b.logp_short)
