@@ -47,6 +47,21 @@ def test_optimised_paths_match_plain_path_in_bf16(sdpa_backends, compiled):
         np.testing.assert_allclose(a.logp_short, b.logp_short, atol=0.05, rtol=0)
 
 
+def test_maskless_forward_gives_the_masked_paths_numbers_on_cuda(monkeypatch):
+    """Skipping transformers' mask preparation (and its host-device sync) keeps the kernel:
+    the scores equal those of the masked path bit for bit, in bf16 on the GPU."""
+    from tokenweight.service import logprobs
+
+    model = small_model(torch.bfloat16)
+    assert model.config._attn_implementation == "sdpa"
+    engine = ScoringEngine(model, window=256, options=ForwardOptions(token_budget=8192))
+    maskless = engine.score(sequences())
+    monkeypatch.setattr(logprobs, "_plain_causal", lambda config: False)
+    for a, b in zip(maskless, engine.score(sequences())):
+        np.testing.assert_array_equal(a.logp_long, b.logp_long)
+        np.testing.assert_array_equal(a.logp_short, b.logp_short)
+
+
 def test_cuda_fp32_matches_cpu_fp32():
     model = small_model(torch.float32)
     gpu = ScoringEngine(model, window=256, options=ForwardOptions(token_budget=8192, compile_logprobs=True))
