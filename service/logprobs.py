@@ -6,6 +6,7 @@ through the LM head, a bounded slice at a time, in fp32 log-softmax. This is wha
 """
 
 import contextlib
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -116,7 +117,14 @@ def attention_context(backends: tuple[str, ...] | None, device: torch.device):
 # mask at all (its path for TGI/vLLM backends). It is transformers' own SDPA function, which
 # with no mask runs causal attention exactly as the "sdpa" implementation does here.
 MASKLESS_SDPA = "tokenweight_maskless_sdpa"
-_registered_maskless = False
+
+
+@functools.cache
+def _register_maskless_sdpa() -> None:
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    AttentionInterface.register(MASKLESS_SDPA, sdpa_attention_forward)
 
 
 @contextlib.contextmanager
@@ -129,16 +137,10 @@ def maskless_causal_sdpa(config):
     implementations (eager, flash) and models whose mask is more than causal (a sliding
     window, attention chunks, per-layer attention types) keep transformers' masks.
     """
-    global _registered_maskless
     if config._attn_implementation != "sdpa" or not _plain_causal(config):
         yield
         return
-    if not _registered_maskless:
-        from transformers import AttentionInterface
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-        AttentionInterface.register(MASKLESS_SDPA, sdpa_attention_forward)
-        _registered_maskless = True
+    _register_maskless_sdpa()
     config._attn_implementation = MASKLESS_SDPA
     try:
         yield
@@ -247,8 +249,9 @@ def run_segments(
 
     On a GPU, batch k+1 is collated, copied and launched while batch k runs, and batch k's
     results are sliced while batch k+1 runs: the GPU does not wait for that host work, and
-    at most two batches are queued, so `skip` still stops work promptly. (transformers' mask
-    creation syncs with the GPU at the start of each forward, which bounds the run-ahead.)
+    at most two batches are queued, so `skip` still stops work promptly. (For models whose
+    mask is more than causal, transformers' mask creation syncs with the GPU at the start of
+    each forward, which bounds the run-ahead; see `maskless_causal_sdpa`.)
     """
     device = model.get_input_embeddings().weight.device
     head = lm_head_of(model)
