@@ -180,8 +180,13 @@ def load_tokenizer(path, eos_token: str | None = None) -> DocumentTokenizer:
                 "special tokens) or give the tokenizer's directory with tokenizer_config.json"
             )
     elif path.is_dir():
-        from tokenweight.service.loading import load_hf_tokenizer
+        from tokenweight.service.loading import TOKENIZER_FILES, has_tokenizer, load_hf_tokenizer
 
+        if not has_tokenizer(path):
+            raise PrepareError(
+                f"{path} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}); pass "
+                "--tokenizer with the directory the model was trained with"
+            )
         hf = load_hf_tokenizer(path)
         backend = getattr(hf, "backend_tokenizer", None)
         if backend is None:

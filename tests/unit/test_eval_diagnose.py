@@ -84,3 +84,16 @@ def test_diagnose_long_model_pairs_its_logp_long_with_each_scorers_logp_short(
     )
     assert short["auroc_hybrid"] == pytest.approx(auroc(delta, targets), abs=1e-9)
     assert -1.0 <= result["rank_agreement_hybrid"]["pooled"] <= 1.0
+
+
+def test_a_scorer_without_a_tokenizer_is_refused_by_name(tiny_model_dir, tmp_path, capsys):
+    """A checkpoint directory with no tokenizer files is a coded error, not a traceback."""
+    import shutil
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(tiny_model_dir / "config.json", bare / "config.json")
+    data = write_jsonl(tmp_path / "heldout.jsonl", source_texts())
+    args = ["diagnose", "--scorer", str(bare), "--data", str(data), "--seq-len", "64"]
+    assert main([*args, "--out", str(tmp_path / "d.json")]) == 1
+    assert f"{bare} holds no tokenizer" in capsys.readouterr().err

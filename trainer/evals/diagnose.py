@@ -25,7 +25,7 @@ import numpy as np
 
 from tokenweight.flags import add_flags, flag, values_of
 
-from ..prepare import write_json_atomic
+from ..prepare import PrepareError, write_json_atomic
 from .heldout import HeldOutError, load_heldout
 from .idrecall import id_loss_mask, source_files
 
@@ -117,7 +117,7 @@ def run(args) -> int:
     config = DiagnoseConfig(**{**values, "scorer": tuple(values["scorer"])})
     try:
         result = diagnose(config)
-    except (DiagnoseError, HeldOutError, ModelLoadError) as exc:
+    except (DiagnoseError, HeldOutError, ModelLoadError, PrepareError) as exc:
         print(f"tokenweight diagnose: error: {exc}", file=sys.stderr)
         return 1
     for suffix, label in (("", "own contrast"), ("_hybrid", "with --long-model")):
