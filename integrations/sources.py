@@ -6,6 +6,7 @@ or spawned from the trainer after the collator was built, and gRPC channels do n
 a fork.
 """
 
+import atexit
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,9 @@ class FetchedScores:
 
 
 class _PerProcess:
-    """A resource opened on first use in each process, dropped from pickles."""
+    """A resource opened on first use in each process, dropped from pickles, and closed when
+    the process exits: a gRPC channel left open at interpreter exit can abort the process
+    ("terminate called without an active exception") after the work is done."""
 
     _resource = None
     _pid: int | None = None
@@ -40,6 +43,9 @@ class _PerProcess:
     def resource(self):
         if self._pid != os.getpid():
             self._resource, self._pid = self._open(), os.getpid()
+            close = getattr(self._resource, "close", None)
+            if close is not None:
+                atexit.register(close)
         return self._resource
 
     def _open(self):
