@@ -115,16 +115,29 @@ def attention_context(backends: tuple[str, ...] | None, device: torch.device):
 
 # An attention implementation with no mask function of its own: transformers then builds no
 # mask at all (its path for TGI/vLLM backends). It is transformers' own SDPA function, which
-# with no mask runs causal attention exactly as the "sdpa" implementation does here.
+# with no mask runs causal attention exactly as the "sdpa" implementation does here (fp32
+# grouped heads repeated first; see below).
 MASKLESS_SDPA = "tokenweight_maskless_sdpa"
 
 
 @functools.cache
 def _register_maskless_sdpa() -> None:
     from transformers import AttentionInterface
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
-    AttentionInterface.register(MASKLESS_SDPA, sdpa_attention_forward)
+    def sdpa_with_heads_repeated_in_fp32(module, query, key, value, attention_mask, **kwargs):
+        # With no mask, transformers hands grouped key/value heads to SDPA as they are
+        # (`enable_gqa`). Only flash and cuDNN attention take them, and both run in half
+        # precision only, so an fp32 model fell to torch's math kernel, which holds the whole
+        # T x T score matrix: 128 GiB per layer for 32 heads at 32k tokens (out of memory on
+        # an H200). With the heads repeated the memory-efficient kernel takes fp32 in O(T)
+        # memory; the numbers are the same.
+        if query.dtype == torch.float32 and key.shape[1] != query.shape[1]:
+            groups = query.shape[1] // key.shape[1]
+            key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register(MASKLESS_SDPA, sdpa_with_heads_repeated_in_fp32)
 
 
 @contextlib.contextmanager

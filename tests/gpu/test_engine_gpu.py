@@ -71,6 +71,21 @@ def test_cuda_fp32_matches_cpu_fp32():
         np.testing.assert_allclose(a.logp_short, b.logp_short, atol=2e-3, rtol=0)
 
 
+def test_fp32_scoring_of_a_grouped_head_model_needs_no_score_matrix():
+    """fp32 attention with grouped key/value heads once ran torch's math kernel, whose T x T
+    scores are 4 GiB per layer here (4 heads, 16k tokens); repeated heads run it in O(T)."""
+    model = small_model(torch.float32)
+    model.config.max_position_embeddings = 16384  # plain RoPE: positions are not a weight
+    engine = ScoringEngine(model, window=4096, options=ForwardOptions(token_budget=16384))
+    row = np.random.default_rng(0).integers(3, 1000, size=16384)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    (result,) = engine.score([row])
+    assert np.isfinite(result.logp_long).all() and np.isfinite(result.logp_short).all()
+    assert torch.cuda.max_memory_allocated() - before < 1 << 30
+
+
 def test_the_engines_backend_choice_stays_inside_it():
     """In a fresh process whose first attention call is the engine's (cuDNN first), a later
     plain forward still gets torch's own choice: the same numbers as in a process where no

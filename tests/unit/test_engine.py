@@ -313,3 +313,29 @@ def test_forward_skips_the_packed_sequence_check_only_where_the_mask_is_plain_ca
     for a, b in zip(fast, masked):
         np.testing.assert_array_equal(a.logp_long, b.logp_long)
         np.testing.assert_array_equal(a.logp_short, b.logp_short)
+
+
+def test_fp32_forward_hands_sdpa_repeated_heads_and_keeps_the_numbers(monkeypatch):
+    """Grouped key/value heads in fp32 reach SDPA repeated: on a GPU only the math kernel takes
+    grouped heads in fp32, and it holds the whole T x T score matrix (out of memory at 32k).
+    The scores stay those of transformers' own "sdpa" path."""
+    from tokenweight.service import logprobs
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(SHAPES["llama"](), attn_implementation="sdpa").eval()
+    assert model.config.num_key_value_heads < model.config.num_attention_heads
+    engine = ScoringEngine(model, window=16)
+    rows = [np.random.default_rng(i).integers(3, VOCAB, n) for i, n in enumerate((60, 41, 7))]
+    heads, sdpa = [], torch.nn.functional.scaled_dot_product_attention
+
+    def spy(query, key, value, *args, **kwargs):
+        heads.append((query.shape[1], key.shape[1], value.shape[1]))
+        return sdpa(query, key, value, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    repeated = engine.score(rows)
+    assert heads and all(q == k == v for q, k, v in heads)
+    monkeypatch.setattr(logprobs, "_plain_causal", lambda config: False)  # transformers' path
+    for a, b in zip(repeated, engine.score(rows)):
+        np.testing.assert_allclose(a.logp_long, b.logp_long, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(a.logp_short, b.logp_short, atol=1e-5, rtol=0)
