@@ -24,19 +24,26 @@ from tokenweight.service.engine import ScoringEngine
 WINDOW = 2048
 
 
+def engine_tokens_per_s(model_dir: Path, rows: list[np.ndarray], rows_per_call: int) -> float:
+    """The engine alone on `rows`, `rows_per_call` at a time, after one warm-up call."""
+    engine = ScoringEngine.from_pretrained(model_dir, device="cuda", window=WINDOW)
+    calls = [rows[i : i + rows_per_call] for i in range(0, len(rows), rows_per_call)]
+    engine.score(calls[0])
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for call in calls:
+        engine.score(call)
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    del engine
+    torch.cuda.empty_cache()
+    return sum(r.size for r in rows) / seconds
+
+
 def service_vs_engine(model_dir: Path, shape: str, rng) -> dict:
     """Long documents: the engine alone vs the service with 8 concurrent clients."""
     long_reqs = [[rng.integers(3, 128000, size=8192) for _ in range(2)] for _ in range(12)]
-    engine = ScoringEngine.from_pretrained(model_dir, device="cuda", window=WINDOW)
-    engine.score(long_reqs[0])
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for req in long_reqs:
-        engine.score(req)
-    torch.cuda.synchronize()
-    engine_tps = sum(s.size for r in long_reqs for s in r) / (time.perf_counter() - start)
-    del engine
-    torch.cuda.empty_cache()
+    engine_tps = engine_tokens_per_s(model_dir, [s for r in long_reqs for s in r], 2)
     with served(str(model_dir), WINDOW) as (_, url):
         service = concurrent_load(url, long_reqs, clients=8)
     return dict(
@@ -52,8 +59,12 @@ def service_vs_engine(model_dir: Path, shape: str, rng) -> dict:
 
 
 def short_requests(model_dir: Path, shape: str, vocab: int, rng, requests: int) -> dict:
-    """64 clients, one 512-token sequence per request: batched vs one request per batch."""
+    """64 clients, one 512-token sequence per request: batched vs one request per batch; and
+    the engine alone on the same rows, 64 per call and one per call, the ratio's ceiling
+    that the model itself sets (what batching can gain with no service cost at all)."""
     reqs = [[rng.integers(3, vocab, size=512)] for _ in range(requests)]
+    rows = [r[0] for r in reqs]
+    engine = {n: engine_tokens_per_s(model_dir, rows, n) for n in (64, 1)}
     runs = {}
     for name, extra in (("batched", ()), ("one_request_per_batch", UNBATCHED)):
         with served(str(model_dir), WINDOW, *extra) as (_, url):
@@ -68,6 +79,9 @@ def short_requests(model_dir: Path, shape: str, vocab: int, rng, requests: int) 
         **runs["batched"].prefixed("batched"),
         **runs["one_request_per_batch"].prefixed("one_request_per_batch"),
         ratio=runs["batched"].tokens_per_s / runs["one_request_per_batch"].tokens_per_s,
+        engine_64_rows_per_call_tokens_per_s=engine[64],
+        engine_one_row_per_call_tokens_per_s=engine[1],
+        engine_ratio=engine[64] / engine[1],
     )
 
 
