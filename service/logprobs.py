@@ -131,8 +131,14 @@ def _register_maskless_sdpa() -> None:
         # precision only, so an fp32 model fell to torch's math kernel, which holds the whole
         # T x T score matrix: 128 GiB per layer for 32 heads at 32k tokens (out of memory on
         # an H200). With the heads repeated the memory-efficient kernel takes fp32 in O(T)
-        # memory; the numbers are the same.
-        if query.dtype == torch.float32 and key.shape[1] != query.shape[1]:
+        # memory; the numbers are the same. Scoring only: activation checkpointing recomputes
+        # a training forward outside this implementation (as plain "sdpa") and needs the
+        # tensors it saved to match, so a forward that builds a graph keeps the grouped heads.
+        if (
+            query.dtype == torch.float32
+            and key.shape[1] != query.shape[1]
+            and not torch.is_grad_enabled()
+        ):
             groups = query.shape[1] // key.shape[1]
             key, value = repeat_kv(key, groups), repeat_kv(value, groups)
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
