@@ -59,14 +59,20 @@ def service_vs_engine(model_dir: Path, shape: str, rng) -> dict:
 
 
 def short_requests(model_dir: Path, shape: str, vocab: int, rng, requests: int) -> dict:
-    """64 clients, one 512-token sequence per request: batched vs one request per batch; and
-    the engine alone on the same rows, 64 per call and one per call, the ratio's ceiling
-    that the model itself sets (what batching can gain with no service cost at all)."""
+    """64 clients, one 512-token sequence per request: batched (one and two engine calls in
+    flight) vs one request per batch; and the engine alone on the same rows, 64 per call and
+    one per call, the ratio's ceiling that the model itself sets (what batching can gain with
+    no service cost at all)."""
     reqs = [[rng.integers(3, vocab, size=512)] for _ in range(requests)]
     rows = [r[0] for r in reqs]
     engine = {n: engine_tokens_per_s(model_dir, rows, n) for n in (64, 1)}
     runs = {}
-    for name, extra in (("batched", ()), ("one_request_per_batch", UNBATCHED)):
+    settings = (
+        ("batched", ()),
+        ("batched_2_in_flight", ("--batches-in-flight", "2")),
+        ("one_request_per_batch", UNBATCHED),
+    )
+    for name, extra in settings:
         with served(str(model_dir), WINDOW, *extra) as (_, url):
             runs[name] = concurrent_load(url, reqs, clients=64)
     return dict(
@@ -76,9 +82,11 @@ def short_requests(model_dir: Path, shape: str, vocab: int, rng, requests: int) 
         window=WINDOW,
         clients=64,
         requests=requests,
-        **runs["batched"].prefixed("batched"),
-        **runs["one_request_per_batch"].prefixed("one_request_per_batch"),
+        **{k: v for name, run in runs.items() for k, v in run.prefixed(name).items()},
         ratio=runs["batched"].tokens_per_s / runs["one_request_per_batch"].tokens_per_s,
+        ratio_2_in_flight=(
+            runs["batched_2_in_flight"].tokens_per_s / runs["one_request_per_batch"].tokens_per_s
+        ),
         engine_64_rows_per_call_tokens_per_s=engine[64],
         engine_one_row_per_call_tokens_per_s=engine[1],
         engine_ratio=engine[64] / engine[1],

@@ -4,7 +4,9 @@ A request is split into units of at most `batch_tokens` tokens (whole sequences)
 engine call's worth, and queued under its client (a connection: a gRPC peer, an HTTP
 client address). A loop on the event loop waits for the oldest unit's `max_wait` (so a
 request that already waited behind a running batch waits no longer) or until `batch_tokens`
-are queued, then builds one `engine.run` from the clients' queues.
+are queued, then builds one `engine.run` from the clients' queues. Up to `batches_in_flight`
+engine calls are running or queued for the engine thread at once: with more than one, the
+next batch is built while the engine runs the current one.
 
 Clients share the engine by the work they are served (forward tokens), not by turns:
 start-time fair queueing. A request starts at the virtual finish of the client's previous
@@ -14,7 +16,7 @@ the request before them, less the first unit's: the first two units share the st
 request just over one batch runs back to back. The unit with the smallest tag runs next,
 the earlier request first among equals. A client with a backlog (a flood of pipelined
 requests, 4,096 sequences at once) has tags far ahead, so a client that asks for less than
-its share, however many units the backlog holds, waits only for the batch in progress and
+its share, however many units the backlog holds, waits only for the batches in flight and
 for other light clients; backlogged clients split what is left in equal forward tokens,
 whatever the size of their units. A request is charged its work when it is queued,
 abandoned or not.
@@ -103,9 +105,11 @@ class Batcher:
         batch_tokens: int,
         max_wait: float,
         limits: QueueLimits,
+        batches_in_flight: int = 1,
     ):
         self.name, self.engine, self._executor = name, engine, executor
         self.batch_tokens, self.max_wait, self.limits = batch_tokens, max_wait, limits
+        self.batches_in_flight = batches_in_flight
         self._metrics = metrics
         self._queues: dict[str, deque[_Unit]] = {}
         # Fair queueing (see the module docstring), in forward tokens: the virtual time, and
@@ -120,6 +124,7 @@ class Batcher:
         self._running: set[_Request] = set()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._batch_tasks: set[asyncio.Task] = set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name=f"batcher-{self.name}")
@@ -127,9 +132,10 @@ class Batcher:
     async def close(self) -> None:
         """Stop the loop; everything queued or running fails as UNAVAILABLE, and the engine
         skips the rest of the batch in progress."""
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        tasks = [t for t in (self._task, *self._batch_tasks) if t]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         requests = {unit.request for queue in self._queues.values() for unit in queue}
         for request in requests | self._running:
             _resolve(
@@ -271,7 +277,11 @@ class Batcher:
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
+        # A slot is taken before the batch is built, so a batch is built as late as possible:
+        # only once one of the batches in flight has finished.
+        slots = asyncio.Semaphore(self.batches_in_flight)
         while True:
+            await slots.acquire()
             while not self._queues:
                 self._wakeup.clear()
                 await self._wakeup.wait()
@@ -286,8 +296,18 @@ class Batcher:
                 except TimeoutError:
                     break
             batch = self._take_batch()
-            if batch:
-                await self._run(batch)
+            if not batch:
+                slots.release()
+                continue
+            task = asyncio.create_task(self._run_in_slot(batch, slots))
+            self._batch_tasks.add(task)
+            task.add_done_callback(self._batch_tasks.discard)
+
+    async def _run_in_slot(self, batch: list[_Unit], slots: asyncio.Semaphore) -> None:
+        try:
+            await self._run(batch)
+        finally:
+            slots.release()
 
     def _take_batch(self) -> list[_Unit]:
         """Units in start-tag order while they fit the token budget (at least one)."""

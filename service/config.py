@@ -122,6 +122,12 @@ class ServerConfig:
     max_wait_ms: float = flag(
         5.0, "longest a request waits for others to batch with", group=LIMITS
     )
+    # With 2 the batcher builds the next engine call while the engine runs the current one,
+    # so the GPU need not idle while answers go out and new requests come in; a request
+    # that arrives meanwhile then waits behind up to that many batches instead of one.
+    batches_in_flight: int = flag(
+        1, "engine calls each scorer's batcher may have running or queued at once", group=LIMITS
+    )
     queue_size: int = flag(
         256, "requests waiting per scorer before RESOURCE_EXHAUSTED", group=LIMITS
     )
@@ -213,7 +219,7 @@ class ServerConfig:
 
 
 _POSITIVE_LIMITS = (
-    "queue_size", "queue_tokens", "stream_inflight", "max_request_tokens", "max_sequences",
+    "batches_in_flight", "queue_size", "queue_tokens", "stream_inflight", "max_request_tokens", "max_sequences",
     "max_forward_tokens", "http_header_timeout_s", "http_body_timeout_s", "http_keep_alive_s",
     "http_max_connections",
 )

@@ -69,6 +69,7 @@ class ScoringService:
                 self.metrics,
                 batch_tokens=self.config.batch_tokens or scorer.engine.options.token_budget,
                 max_wait=self.config.max_wait_ms / 1000,
+                batches_in_flight=self.config.batches_in_flight,
                 limits=QueueLimits(
                     self.config.queue_size, self.config.queue_tokens, self.config.client_share
                 ),

@@ -50,11 +50,12 @@ def wait_for(condition, timeout=10.0):
         time.sleep(0.005)
 
 
-def test_32_concurrent_clients_are_coalesced(tiny_scorers):
+@pytest.mark.parametrize("batches_in_flight", [1, 2])
+def test_32_concurrent_clients_are_coalesced(tiny_scorers, batches_in_flight):
     engine = tiny_scorers["tiny"].engine
     rng = np.random.default_rng(3)
     seqs = [rng.integers(3, 300, int(n)) for n in rng.integers(2, 400, 32)]
-    with ThreadedServer(tiny_scorers, max_wait_ms=50) as srv:
+    with ThreadedServer(tiny_scorers, max_wait_ms=50, batches_in_flight=batches_in_flight) as srv:
         before = srv.metric("tokenweight_engine_batches_total", scorer="tiny")
         start = threading.Barrier(32)
 

@@ -1,11 +1,12 @@
 """The batcher's scheduling between clients, driven directly on a real tiny engine: a light
-client's request overtakes a flooder's backlog, and backlogged clients share the engine by
-forward tokens, not by turns."""
+client's request overtakes a flooder's backlog (behind at most the batches in flight), and
+backlogged clients share the engine by forward tokens, not by turns."""
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 from engine_helpers import RecordingEngine
 from tokenweight.service.batcher import Batcher, QueueLimits
 from tokenweight.service.engine import ALL_OUTPUTS
@@ -14,7 +15,7 @@ from tokenweight.service.metrics import Metrics
 RNG = np.random.default_rng(23)
 
 
-def batcher(engine, executor, batch_tokens: int) -> Batcher:
+def batcher(engine, executor, batch_tokens: int, batches_in_flight: int = 1) -> Batcher:
     return Batcher(
         "tiny",
         engine,
@@ -23,6 +24,7 @@ def batcher(engine, executor, batch_tokens: int) -> Batcher:
         batch_tokens=batch_tokens,
         max_wait=0.0,
         limits=QueueLimits(requests=1000, work=1 << 24, client_share=1.0),
+        batches_in_flight=batches_in_flight,
     )
 
 
@@ -30,15 +32,15 @@ def score(b: Batcher, engine, seq: np.ndarray, client: str):
     return b.score([seq], engine.window, engine.stride, ALL_OUTPUTS, client=client)
 
 
-def behind_a_flood(engine: RecordingEngine, floods: int, *light_requests):
-    """Runs a batcher (batches of 32 tokens) where a flooder has queued `floods` requests of
-    one full batch each; once the first one holds the (gated) engine, `light_requests`
-    (functions of the batcher, returning coroutines) are queued in order, then the gate
-    opens. Returns the light requests' results."""
+def behind_a_flood(engine: RecordingEngine, floods: int, in_flight: int, *light_requests):
+    """Runs a batcher (batches of 32 tokens, `in_flight` batches in flight) where a flooder
+    has queued `floods` requests of one full batch each; once the first one holds the (gated)
+    engine, `light_requests` (functions of the batcher, returning coroutines) are queued in
+    order, then the gate opens. Returns the light requests' results."""
 
     async def main():
         with ThreadPoolExecutor(1) as executor:
-            b = batcher(engine, executor, batch_tokens=32)
+            b = batcher(engine, executor, batch_tokens=32, batches_in_flight=in_flight)
             b.start()
             flood = [
                 asyncio.ensure_future(score(b, engine, RNG.integers(3, 300, 32), "flood"))
@@ -56,13 +58,15 @@ def behind_a_flood(engine: RecordingEngine, floods: int, *light_requests):
     return asyncio.run(main())
 
 
-def test_a_light_request_runs_in_the_next_batch_ahead_of_a_flood(tiny_scorers):
+@pytest.mark.parametrize("in_flight", [1, 2])
+def test_a_light_request_runs_right_after_the_batches_in_flight(tiny_scorers, in_flight):
     """100 queued requests of a flooder, each a full batch; a light client's one request,
-    sent while the flooder's first batch runs, is the next engine call."""
+    sent while the flooder's first batch runs, is the next engine call after the batches
+    already in flight (the running one, and with 2 in flight the one built behind it)."""
     engine = RecordingEngine(tiny_scorers["tiny"].engine, gated=True)
     light_seq = RNG.integers(3, 300, 9)
-    (got,) = behind_a_flood(engine, 100, lambda b: score(b, engine, light_seq, "light"))
-    assert engine.runs[:2] == [[32], [9]], engine.runs[:3]
+    (got,) = behind_a_flood(engine, 100, in_flight, lambda b: score(b, engine, light_seq, "light"))
+    assert engine.runs[: in_flight + 1] == [[32]] * in_flight + [[9]], engine.runs[:4]
     np.testing.assert_allclose(got[0].score, engine.score([light_seq])[0].score, atol=1e-5)
 
 
@@ -98,7 +102,8 @@ def test_backlogged_clients_share_the_engine_by_forward_tokens(tiny_scorers):
         assert abs(served[32] - served[8]) <= work[32] + work[8], (served, engine.runs[:40])
 
 
-def test_a_request_of_two_units_runs_back_to_back(tiny_scorers):
+@pytest.mark.parametrize("in_flight", [1, 2])
+def test_a_request_of_two_units_runs_back_to_back(tiny_scorers, in_flight):
     """While a flooder's batch runs, one light client sends a request of two batches and then
     another light client a request of one: the first request's two units run next, one after
     the other, then the second request, all ahead of the flood's backlog."""
@@ -107,9 +112,11 @@ def test_a_request_of_two_units_runs_back_to_back(tiny_scorers):
     got_pair, got_single = behind_a_flood(
         engine,
         20,
+        in_flight,
         lambda b: b.score(pair, engine.window, engine.stride, ALL_OUTPUTS, client="first"),
         lambda b: score(b, engine, single, "second"),
     )
-    assert engine.runs[:4] == [[32], [20], [24], [9]], engine.runs[:5]
+    flood = [[32]] * in_flight
+    assert engine.runs[: in_flight + 3] == flood + [[20], [24], [9]], engine.runs[:6]
     for got, seq in zip([*got_pair, *got_single], [*pair, single]):
         np.testing.assert_allclose(got.score, engine.score([seq])[0].score, atol=1e-5)

@@ -54,6 +54,8 @@ max_length = 256
         ('[server]\nport = 1\n', "defines no [[scorers]]"),
         ('[[scorers]]\nname = "a"\nmodel = "m"\n[server]\nprot = 1\n', "[server]: unknown keys ['prot']"),
         ("[[scorers]\n", "cannot read config"),
+        ('[[scorers]]\nname = "a"\nmodel = "m"\n[server]\nbatches_in_flight = 0\n',
+         "batches_in_flight must be positive, got 0"),
     ],
 )
 def test_config_errors_say_what_is_wrong(tmp_path, text, message):
