@@ -219,9 +219,9 @@ class ServerConfig:
 
 
 _POSITIVE_LIMITS = (
-    "batches_in_flight", "queue_size", "queue_tokens", "stream_inflight", "max_request_tokens", "max_sequences",
-    "max_forward_tokens", "http_header_timeout_s", "http_body_timeout_s", "http_keep_alive_s",
-    "http_max_connections",
+    "batches_in_flight", "queue_size", "queue_tokens", "stream_inflight", "max_request_tokens",
+    "max_sequences", "max_forward_tokens", "http_header_timeout_s", "http_body_timeout_s",
+    "http_keep_alive_s", "http_max_connections",
 )
 
 

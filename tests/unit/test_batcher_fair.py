@@ -15,14 +15,16 @@ from tokenweight.service.metrics import Metrics
 RNG = np.random.default_rng(23)
 
 
-def batcher(engine, executor, batch_tokens: int, batches_in_flight: int = 1) -> Batcher:
+def batcher(
+    engine, executor, batch_tokens: int, batches_in_flight: int = 1, max_wait: float = 0.0
+) -> Batcher:
     return Batcher(
         "tiny",
         engine,
         executor,
         Metrics(),
         batch_tokens=batch_tokens,
-        max_wait=0.0,
+        max_wait=max_wait,
         limits=QueueLimits(requests=1000, work=1 << 24, client_share=1.0),
         batches_in_flight=batches_in_flight,
     )

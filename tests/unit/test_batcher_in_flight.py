@@ -58,8 +58,7 @@ def test_every_request_gets_its_own_scores_in_order_with_two_batches_in_flight(t
         ]
 
     async def main(executor):
-        b = batcher(engine, executor, batch_tokens=48, batches_in_flight=2)
-        b.max_wait = 0.002
+        b = batcher(engine, executor, batch_tokens=48, batches_in_flight=2, max_wait=0.002)
         b.start()
         got = await asyncio.wait_for(asyncio.gather(*(client(b, n) for n in plan)), 60)
         await b.close()
