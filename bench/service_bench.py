@@ -24,26 +24,29 @@ from tokenweight.service.engine import ScoringEngine
 WINDOW = 2048
 
 
-def engine_tokens_per_s(model_dir: Path, rows: list[np.ndarray], rows_per_call: int) -> float:
-    """The engine alone on `rows`, `rows_per_call` at a time, after one warm-up call."""
+def engine_tokens_per_s(model_dir: Path, rows: list[np.ndarray], *rows_per_call: int) -> list:
+    """The engine alone on `rows`, `n` at a time for each `n` in `rows_per_call` (each after
+    one warm-up call), loaded once; the GPU memory is freed before the service starts."""
     engine = ScoringEngine.from_pretrained(model_dir, device="cuda", window=WINDOW)
-    calls = [rows[i : i + rows_per_call] for i in range(0, len(rows), rows_per_call)]
-    engine.score(calls[0])
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for call in calls:
-        engine.score(call)
-    torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+    rates = []
+    for n in rows_per_call:
+        calls = [rows[i : i + n] for i in range(0, len(rows), n)]
+        engine.score(calls[0])
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for call in calls:
+            engine.score(call)
+        torch.cuda.synchronize()
+        rates.append(sum(r.size for r in rows) / (time.perf_counter() - start))
     del engine
     torch.cuda.empty_cache()
-    return sum(r.size for r in rows) / seconds
+    return rates
 
 
 def service_vs_engine(model_dir: Path, shape: str, rng) -> dict:
     """Long documents: the engine alone vs the service with 8 concurrent clients."""
     long_reqs = [[rng.integers(3, 128000, size=8192) for _ in range(2)] for _ in range(12)]
-    engine_tps = engine_tokens_per_s(model_dir, [s for r in long_reqs for s in r], 2)
+    (engine_tps,) = engine_tokens_per_s(model_dir, [s for r in long_reqs for s in r], 2)
     with served(str(model_dir), WINDOW) as (_, url):
         service = concurrent_load(url, long_reqs, clients=8)
     return dict(
@@ -65,7 +68,7 @@ def short_requests(model_dir: Path, shape: str, vocab: int, rng, requests: int) 
     no service cost at all)."""
     reqs = [[rng.integers(3, vocab, size=512)] for _ in range(requests)]
     rows = [r[0] for r in reqs]
-    engine = {n: engine_tokens_per_s(model_dir, rows, n) for n in (64, 1)}
+    engine = dict(zip((64, 1), engine_tokens_per_s(model_dir, rows, 64, 1)))
     runs = {}
     settings = (
         ("batched", ()),
