@@ -105,9 +105,10 @@ def main():
     context = dict(machine(), command="python -m bench.service_bench " + " ".join(sys.argv[1:]))
     rows = []
 
-    def record(row: dict) -> None:
+    def record(row: dict) -> None:  # written as each row comes: a call cut off keeps them
         rows.append(dict(row, **context))
         print(rows[-1], flush=True)
+        write_results("service_h200.json", rows)
 
     big = "llama-3.2-1b"
     model = build_model(big, 8192 + 1)
@@ -121,7 +122,6 @@ def main():
     # requests for a stable rate.
     small = save_llama("small", tmp / "small", 8192 + 1, device="cuda")
     record(short_requests(small, "llama d512x4 (vocab 32000)", 32000, rng, requests=64 * 40))
-    write_results("service_h200.json", rows)
 
 
 if __name__ == "__main__":
