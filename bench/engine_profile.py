@@ -3,7 +3,9 @@
 (Triton) kernels and the rest, plus the time the GPU sat idle between kernels.
 
     python -m bench.engine_profile --shape llama-3.2-1b --length 32768
-writes bench/results/engine_profile_h200.json.
+writes bench/results/engine_profile_h200.json;
+    python -m bench.engine_profile --runs fused --out engine_profile_h200_fused.json
+profiles the fused decoder blocks (`tokenweight serve --compile-blocks`) instead.
 """
 
 import argparse
@@ -15,7 +17,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench.common import build_model, machine, write_results
-from bench.engine_bench import VARIANTS, baseline
+from bench.engine_bench import VARIANTS, baseline, uncompile
 from tokenweight.service.chunking import default_stride
 from tokenweight.service.engine import ScoringEngine
 
@@ -63,25 +65,31 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--shape", default="llama-3.2-1b")
     parser.add_argument("--length", type=int, default=32768)
+    parser.add_argument("--runs", nargs="+", default=["cudnn+compiled", "baseline"],
+                        choices=[*VARIANTS, "baseline"],
+                        help="engine paths (bench.engine_bench's variants) and/or the baseline")
+    parser.add_argument("--out", default="engine_profile_h200.json")
     args = parser.parse_args()
     window = args.length // 4
     stride = default_stride(window)
     model = build_model(args.shape, args.length + 1)
     x = torch.randint(3, model.config.vocab_size, (args.length,), generator=torch.Generator().manual_seed(0))
     x[0] = 1
-    engine = ScoringEngine(model, window=window, stride=stride, options=VARIANTS["cudnn+compiled"])
-    runs = {
-        "engine (cudnn+compiled)": lambda: engine.score([x.numpy()]),
-        "baseline (hf-full-logits)": lambda: baseline(model, [x], window, stride, 1),
-    }
     rows = []
-    for impl, fn in runs.items():
+    for run in args.runs:
+        if run == "baseline":
+            impl, fn = "baseline (hf-full-logits)", lambda: baseline(model, [x], window, stride, 1)
+        else:
+            engine = ScoringEngine(model, window=window, stride=stride, options=VARIANTS[run])
+            impl, fn = f"engine ({run})", lambda: engine.score([x.numpy()])
         result = profiled(fn)
+        if run != "baseline" and VARIANTS[run].compile_blocks:
+            uncompile(model)  # the runs after it get the eager layers back
         table = result.pop("table")
         print(f"== {impl}\n{table}", flush=True)
         rows.append(dict(impl=impl, model=args.shape, seq_len=args.length, window=window, stride=stride,
                          **result, **machine(), command="python " + " ".join(sys.argv)))
-    write_results("engine_profile_h200.json", rows)
+    write_results(args.out, rows)
     for r in rows:
         print(f"{r['impl']:28} wall {r['wall_s']:.3f} s  kernels {r['kernel_s']:.3f} s  idle {r['idle_fraction']:.1%}")
         for name, seconds in r["by_category_s"].items():
