@@ -92,8 +92,9 @@ class ScorerConfig:
     compile_blocks: bool = flag(
         False,
         "compile the decoder layers (norms, RoPE, MLP fused; attention stays cuDNN/SDPA): "
-        "faster on GPUs (1.16-1.19x on an H200); scores round differently in bf16 (up to 0.13 "
-        "nats at 1B, 0.36 at 8B from the plain path, BENCHMARKS.md); compiles once at start-up",
+        "faster on GPUs (1.07-1.22x on an H200); scores round differently in bf16 (up to 0.14 "
+        "nats at 1B, 0.47 at 8B from the plain path, no further than it from fp32 at 8B, "
+        "BENCHMARKS.md); compiles once at start-up",
         group=WHAT,
     )
 
