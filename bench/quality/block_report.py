@@ -19,6 +19,7 @@ from .jobs import PipelineError
 FORMAT = "tokenweight-quality-summary-1"
 MARGIN = 0.02  # the stop rule's and the verdicts' band, in each endpoint's units
 MIN_BLOCKS, MAX_BLOCKS = 3, 5
+EQUAL_FLOPS_ARM = "uniform-flops"  # uniform loss trained for as many FLOPs as the dense arm
 BEGIN, END = "<!-- blocks:begin -->", "<!-- blocks:end -->"
 RECORD = re.compile(r"quality_block(\d+)\.json$")
 
@@ -33,14 +34,27 @@ def load_records(results: Path, exclude: int | None = None) -> list[dict]:
     return sorted(found, key=lambda r: r["block"])
 
 
-def compare(records: list[dict], arm: str, key: str) -> dict:
-    """Hierarchical bootstrap of arm - reference on one endpoint, over the blocks' items."""
+def compare(records: list[dict], arm: str, key: str, against: str = REFERENCE_ARM) -> dict:
+    """Hierarchical bootstrap of arm - `against` on one endpoint, over the blocks' items. Each
+    record pairs every arm with the reference item by item; another arm is paired with `arm`
+    through that, when both saw the same items (every arm of a block does)."""
     endpoint = next(e for e in ENDPOINTS if e.key == key)
-    blocks = [
-        (r["pairs"][arm][key]["arm"], r["pairs"][arm][key]["reference"])
-        for r in records
-        if arm in r["pairs"] and r["pairs"][arm][key]["arm"][0]
-    ]
+    blocks = []
+    for r in records:
+        pairs = r["pairs"]
+        if arm not in pairs or not pairs[arm][key]["arm"][0]:
+            continue
+        mine = pairs[arm][key]
+        if against == REFERENCE_ARM:
+            blocks.append((mine["arm"], mine["reference"]))
+        elif against in pairs:
+            other = pairs[against][key]
+            if other["reference"] != mine["reference"]:
+                raise PipelineError(
+                    f"block {r['block']}: {arm} and {against} were not evaluated on the same "
+                    f"items for {key}; they cannot be paired"
+                )
+            blocks.append((mine["arm"], other["arm"]))
     return hierarchical_bootstrap(endpoint.stat, blocks, seed=len(blocks))
 
 
@@ -90,11 +104,18 @@ def summarize(records: list[dict]) -> dict:
                 w / s if s else math.nan for w, s in zip(weak["per_block"], strong["per_block"])
             ]
             ratio[ep.key] = {"value": weak["value"] / strong["value"], "per_block": per_block}
+    # Exploratory (added after block 3, not pre-registered): weighting against compute alone.
+    equal_flops = (
+        {ep.key: compare(records, PRIMARY_ARM, ep.key, EQUAL_FLOPS_ARM) for ep in ENDPOINTS}
+        if EQUAL_FLOPS_ARM in comparisons
+        else {}
+    )
     return {
         "format": FORMAT,
         "blocks": [r["block"] for r in records],
         "primaries": primaries(records),
         "comparisons": comparisons,
+        "dense_vs_equal_flops": equal_flops,
         "weak_to_strong": ratio,
         "stop_rule": stop_rule(records),
         "diagnostics": {r["block"]: r.get("diagnostics") for r in records},
@@ -150,6 +171,21 @@ def _fill(doc: Path, summary: dict, figure: Path) -> None:
     ]
     for arm, by_key in summary["comparisons"].items():
         lines.append(f"| {arm} | " + " | ".join(_fmt(by_key[k]) for k in keys) + " |")
+    if summary.get("dense_vs_equal_flops"):
+        lines += [
+            "",
+            "Weighting against compute alone: dense minus uniform-flops, the uniform arm trained "
+            "for the dense arm's FLOPs (training and scoring), items paired within each block; "
+            "hierarchical bootstrap, not corrected. Exploratory: added after block 3, not in the "
+            "pre-registration.",
+            "",
+            "| endpoint | better | difference [95% CI] | per block |",
+            "|---|---|---:|---|",
+        ]
+        for ep in ENDPOINTS:
+            d = summary["dense_vs_equal_flops"][ep.key]
+            blocks = ", ".join(f"{v:+.3f}" for v in d.get("per_block", []))
+            lines.append(f"| {ep.label} | {ep.better} | {_fmt(d)} | {blocks} |")
     if summary["weak_to_strong"]:
         lines += ["", "Weak-to-strong ratio (Δ dense-weak / Δ dense):", ""]
         for key, r in summary["weak_to_strong"].items():

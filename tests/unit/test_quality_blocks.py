@@ -160,6 +160,7 @@ def test_report_fills_its_section(tmp_path):
     text = doc.read_text()
     assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
     assert "| dense-weak |" in text and (tmp_path / "plots" / "quality_blocks.png").is_file()
+    assert "dense minus uniform-flops" in text and "| short-context loss, first window" in text
     assert "| 2 | 0.700 / 0.900 | 0.510 / 0.810 | 0.520 / 0.830 |" in text
     assert summary["blocks"] == [1, 2] and summary["stop_rule"]["next"] == "block 3"
     assert json.loads((tmp_path / "results" / "quality_summary.json").read_text())["blocks"] == [
@@ -169,6 +170,28 @@ def test_report_fills_its_section(tmp_path):
     ratio = summary["weak_to_strong"]["acc_far"]
     dense, weak = (summary["comparisons"][a]["acc_far"]["value"] for a in ("dense", "dense-weak"))
     assert ratio["value"] == pytest.approx(weak / dense)
+
+
+def test_dense_against_equal_flops_pairs_the_two_arms_item_by_item(tmp_path):
+    for block in (1, 2):
+        block_record.write(make_block(tmp_path, block, 0.2))
+    records = block_report.load_records(tmp_path / "results")
+    summary = block_report.summarize(records)
+    d = summary["dense_vs_equal_flops"]["acc_far"]
+    credits = {
+        arm: np.concatenate([r["pairs"][arm]["acc_far"]["arm"][0] for r in records])
+        for arm in ("dense", "uniform-flops")
+    }
+    assert d["value"] == pytest.approx(credits["dense"].mean() - credits["uniform-flops"].mean())
+    assert d["ci"][0] < d["value"] < d["ci"][1] and len(d["per_block"]) == 2
+    # Paired within each block: per block, the mean of the item-wise differences.
+    first = records[0]["pairs"]
+    diff = np.asarray(first["dense"]["acc_far"]["arm"][0]) - first["uniform-flops"]["acc_far"]["arm"][0]
+    assert d["per_block"][0] == pytest.approx(diff.mean())
+    # Two arms evaluated on different items are refused, not silently misaligned.
+    first["uniform-flops"]["acc_far"]["reference"][0] = first["uniform-flops"]["acc_far"]["reference"][0][:-1]
+    with pytest.raises(PipelineError, match="not evaluated on the same items"):
+        block_report.compare(records, "dense", "acc_far", "uniform-flops")
 
 
 def test_calibration_picks_inside_the_range_nearest_its_middle():
