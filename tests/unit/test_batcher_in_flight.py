@@ -107,3 +107,37 @@ def test_closing_fails_the_running_the_queued_and_the_waiting_requests(tiny_scor
     outcomes = asyncio.run(main())
     assert all(isinstance(o, Unavailable) for o in outcomes), outcomes
     assert len(engine.runs) == 1
+
+
+@pytest.mark.parametrize(
+    "in_flight, sizes, expected_runs",
+    [
+        (2, [4] * 8, [[4] * 4, [4] * 4]),  # 32 tokens, two free slots: two parts of 16 >= 64/8
+        (1, [4] * 8, [[4] * 8]),  # one slot: everything queued in one batch
+        (2, [3, 3], [[3, 3]]),  # parts of 3 tokens would be under 64/8: not split
+    ],
+)
+def test_queued_work_is_split_over_free_slots_into_parts_worth_a_batch(
+    tiny_scorers, in_flight, sizes, expected_runs
+):
+    """Requests queued at once (closed-loop clients answered together) are split evenly over
+    the free in-flight slots, so one part's answers go out while the engine runs the other;
+    parts too small to be worth an engine call are not split off."""
+    engine = RecordingEngine(tiny_scorers["tiny"].engine)
+    rng = np.random.default_rng(7)
+
+    async def main():
+        with ThreadPoolExecutor(1) as executor:
+            b = batcher(engine, executor, batch_tokens=64, batches_in_flight=in_flight, max_wait=0.2)
+            b.start()
+            await asyncio.gather(
+                *(
+                    b.score([rng.integers(3, 300, n)], engine.window, engine.stride,
+                            ALL_OUTPUTS, client=f"c{i}")
+                    for i, n in enumerate(sizes)
+                )
+            )
+            await b.close()
+
+    asyncio.run(main())
+    assert engine.runs == expected_runs
