@@ -317,16 +317,16 @@ class Batcher:
 
     def _batch_limit(self) -> int:
         """Tokens the next batch may take. While more than one of the batches in flight is
-        free, what is queued is split evenly over the free ones, as long as each part keeps
-        at least 1/SPLIT_MIN_FRACTION of `batch_tokens` (small parts waste the GPU): clients
-        that wait for their answers before they send again (a closed loop) then form two
-        groups, and the engine runs one group's batch while the other's answers go out and
-        its next requests come in, instead of idling while the event loop does that work."""
+        free, what is queued is split evenly over as many of them as keep each part at least
+        1/SPLIT_MIN_FRACTION of `batch_tokens` (small parts waste the GPU): clients that wait
+        for their answers before they send again (a closed loop) then form groups, and the
+        engine runs one group's batch while another's answers go out and its next requests
+        come in, instead of idling while the event loop does that work."""
         free = self.batches_in_flight - len(self._batch_tasks)
-        if free > 1:
-            share = -(-self._queued_tokens // free)
-            if share >= self.batch_tokens // SPLIT_MIN_FRACTION:
-                return min(self.batch_tokens, share)
+        min_part = max(1, self.batch_tokens // SPLIT_MIN_FRACTION)
+        parts = min(free, self._queued_tokens // min_part)
+        if parts > 1:
+            return min(self.batch_tokens, -(-self._queued_tokens // parts))
         return self.batch_tokens
 
     def _take_batch(self, limit: int) -> list[_Unit]:

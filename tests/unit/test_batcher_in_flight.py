@@ -115,6 +115,7 @@ def test_closing_fails_the_running_the_queued_and_the_waiting_requests(tiny_scor
         (2, [4] * 8, [[4] * 4, [4] * 4]),  # 32 tokens, two free slots: two parts of 16 >= 64/8
         (1, [4] * 8, [[4] * 8]),  # one slot: everything queued in one batch
         (2, [3, 3], [[3, 3]]),  # parts of 3 tokens would be under 64/8: not split
+        (4, [4] * 4, [[4, 4], [4, 4]]),  # four free slots, but only two parts of 64/8
     ],
 )
 def test_queued_work_is_split_over_free_slots_into_parts_worth_a_batch(
