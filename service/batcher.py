@@ -131,6 +131,7 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._batch_tasks: set[asyncio.Task] = set()
+        self._in_flight = 0  # batches handed to the engine thread and not yet finished
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name=f"batcher-{self.name}")
@@ -305,6 +306,7 @@ class Batcher:
             if not batch:
                 slots.release()
                 continue
+            self._in_flight += 1
             task = asyncio.create_task(self._run_in_slot(batch, slots))
             self._batch_tasks.add(task)
             task.add_done_callback(self._batch_tasks.discard)
@@ -313,6 +315,7 @@ class Batcher:
         try:
             await self._run(batch)
         finally:
+            self._in_flight -= 1
             slots.release()
 
     def _batch_limit(self) -> int:
@@ -322,7 +325,7 @@ class Batcher:
         for their answers before they send again (a closed loop) then form groups, and the
         engine runs one group's batch while another's answers go out and its next requests
         come in, instead of idling while the event loop does that work."""
-        free = self.batches_in_flight - len(self._batch_tasks)
+        free = self.batches_in_flight - self._in_flight
         min_part = max(1, self.batch_tokens // SPLIT_MIN_FRACTION)
         parts = min(free, self._queued_tokens // min_part)
         if parts > 1:
