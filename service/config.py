@@ -124,9 +124,10 @@ class ServerConfig:
         5.0, "longest a request waits for others to batch with", group=LIMITS
     )
     # With 2 the batcher builds the next engine call while the engine runs the current one,
-    # splitting what is queued over the free slots (batcher.py, `_batch_limit`), so the GPU
-    # need not idle while answers go out and new requests come in; a request that arrives
-    # meanwhile then waits behind up to that many batches instead of one.
+    # splitting what is queued over the free slots (batcher.py, `_batch_limit`); a request that
+    # arrives meanwhile then waits behind up to that many batches instead of one. 1 by default:
+    # on an H200 the smaller batches cost more engine calls, whose Python shares the GIL with
+    # the event loop, than the overlap saved (BENCHMARKS.md, *The service end to end*).
     batches_in_flight: int = flag(
         1, "engine calls each scorer's batcher may have running or queued at once", group=LIMITS
     )
