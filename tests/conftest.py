@@ -6,10 +6,17 @@ and is prepended to every encoding, like a Llama tokenizer. Both models share it
 pair must share the vocabulary).
 """
 
+import os
+
 import pytest
 
 # The folders the tests are grouped in, each also a marker (pyproject's markers).
 GROUPS = ("unit", "e2e", "gpu", "docker")
+
+# Workers for `-n auto`. Many tests start several processes that each import torch (torchrun
+# ranks, a scorer), so beyond a few workers they compete for memory and cores and the tests
+# that bound latencies get slower, not the suite faster.
+MAX_WORKERS = 4
 
 TINY_VOCAB = 300
 TINY_BOS = 1
@@ -20,6 +27,10 @@ _CORPUS = [
     "A frozen scorer predicts every token twice: with the whole document and a short window.",
     "The quick brown fox jumps over the lazy dog. <script>alert('x')</script> & friends",
 ]
+
+
+def pytest_xdist_auto_num_workers(config):
+    return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
 
 
 def pytest_collection_modifyitems(items):
