@@ -6,6 +6,8 @@ import pytest
 
 from bench.soak import KINDS, SoakConfig, run_soak, tiny_model
 
+pytestmark = pytest.mark.alone
+
 
 def test_well_behaved_clients_keep_answers_and_latency_under_abuse(tmp_path):
     config = SoakConfig(seconds=6, clients=8, alone_requests=10, pace_s=0.5)
