@@ -11,7 +11,13 @@ import os
 import re
 from pathlib import Path
 
-from tokenweight.trainer.evals.stats import hierarchical_bootstrap, holm, verdict
+from tokenweight.trainer.evals.stats import (
+    N_BOOT,
+    block_t_interval,
+    hierarchical_bootstrap,
+    holm,
+    verdict,
+)
 
 from .endpoints import ENDPOINTS, PRIMARIES, PRIMARY_ARM, REFERENCE_ARM
 from .jobs import PipelineError
@@ -20,6 +26,10 @@ FORMAT = "tokenweight-quality-summary-1"
 MARGIN = 0.02  # the stop rule's and the verdicts' band, in each endpoint's units
 MIN_BLOCKS, MAX_BLOCKS = 3, 5
 EQUAL_FLOPS_ARM = "uniform-flops"  # uniform loss trained for as many FLOPs as the dense arm
+# How firm a verdict is against the bootstrap's own Monte Carlo noise: the pre-registered
+# interval (N_BOOT replicates, one seed) redrawn with other seeds, and once with many more.
+FIRMNESS_SEEDS = 20
+FIRMNESS_BOOT = 20 * N_BOOT
 BEGIN, END = "<!-- blocks:begin -->", "<!-- blocks:end -->"
 RECORD = re.compile(r"quality_block(\d+)\.json$")
 
@@ -71,6 +81,42 @@ def primaries(records: list[dict]) -> list[dict]:
     return rows
 
 
+def firmness(records: list[dict], rows: list[dict]) -> list[dict]:
+    """Each primary's verdict redrawn (not pre-registered: added after block 5, whose retrieval
+    interval ended within 0.001 of its bound): the share of FIRMNESS_SEEDS bootstrap seeds, at
+    the pre-registered replicate count, that give the same verdict; the interval from
+    FIRMNESS_BOOT replicates; and a t interval over the per-block differences, which depends on
+    no resampling."""
+    out = []
+    for row in rows:
+        ep = next(e for e in PRIMARIES if e.key == row["endpoint"])
+        blocks = [
+            (r["pairs"][PRIMARY_ARM][ep.key]["arm"], r["pairs"][PRIMARY_ARM][ep.key]["reference"])
+            for r in records
+            if PRIMARY_ARM in r["pairs"] and r["pairs"][PRIMARY_ARM][ep.key]["arm"][0]
+        ]
+        redrawn = [
+            verdict(hierarchical_bootstrap(ep.stat, blocks, seed=s)["ci"], MARGIN, ep.better)
+            for s in range(FIRMNESS_SEEDS)
+        ]
+        many = hierarchical_bootstrap(ep.stat, blocks, seed=len(blocks), n_boot=FIRMNESS_BOOT)
+        t_ci = block_t_interval(row["per_block"])
+        out.append(
+            {
+                "endpoint": ep.key,
+                "verdict": row["verdict"],
+                "same_verdict_seeds": sum(v == row["verdict"] for v in redrawn),
+                "seeds": FIRMNESS_SEEDS,
+                "ci_many": many["ci"],
+                "n_boot_many": FIRMNESS_BOOT,
+                "verdict_many": verdict(many["ci"], MARGIN, ep.better),
+                "ci_block_t": t_ci,
+                "verdict_block_t": verdict(t_ci, MARGIN, ep.better),
+            }
+        )
+    return out
+
+
 def stop_rule(records: list[dict]) -> dict:
     """After 3 blocks, stop when the first primary's interval lies wholly above +0.02, wholly
     below -0.02 or wholly within +-0.02; otherwise run on, to 5 blocks at most."""
@@ -110,10 +156,12 @@ def summarize(records: list[dict]) -> dict:
         if EQUAL_FLOPS_ARM in comparisons
         else {}
     )
+    rows = primaries(records)
     return {
         "format": FORMAT,
         "blocks": [r["block"] for r in records],
-        "primaries": primaries(records),
+        "primaries": rows,
+        "firmness": firmness(records, rows),
         "comparisons": comparisons,
         "dense_vs_equal_flops": equal_flops,
         "weak_to_strong": ratio,
@@ -135,9 +183,12 @@ def write_report(results: Path, doc: Path, plots: Path) -> dict:
 def _fmt(d: dict) -> str:
     if math.isnan(d["value"]):
         return "–"
-    ci = d["ci"]
-    shown = "degenerate" if d.get("degenerate") else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
+    shown = "degenerate" if d.get("degenerate") else _ci(d["ci"])
     return f"{d['value']:+.3f} {shown}"
+
+
+def _ci(ci: list[float], digits: int = 3) -> str:
+    return "–" if math.isnan(ci[0]) else f"[{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]"
 
 
 def _fill(doc: Path, summary: dict, figure: Path) -> None:
@@ -161,6 +212,25 @@ def _fill(doc: Path, summary: dict, figure: Path) -> None:
         lines.append(
             f"| {r['label']} | {r['better']} | {_fmt(r)} | {holm_p} | {r['verdict']} | {blocks} |"
         )
+    if summary.get("firmness"):
+        lines += [
+            "",
+            f"How firm each verdict is (not pre-registered): the share of {FIRMNESS_SEEDS} "
+            f"bootstrap seeds at the pre-registered {N_BOOT:,} replicates that give the same "
+            f"verdict; the interval from {FIRMNESS_BOOT:,} replicates; a t interval over the "
+            "per-block differences (blocks as the unit, no resampling).",
+            "",
+            "| endpoint | verdict | same verdict | "
+            f"{FIRMNESS_BOOT:,} replicates | t over blocks |",
+            "|---|---|---:|---|---|",
+        ]
+        for f in summary["firmness"]:
+            label = next(e.label for e in PRIMARIES if e.key == f["endpoint"])
+            lines.append(
+                f"| {label} | {f['verdict']} | {f['same_verdict_seeds']} of {f['seeds']} | "
+                f"{_ci(f['ci_many'], 4)} {f['verdict_many']} | "
+                f"{_ci(f['ci_block_t'], 4)} {f['verdict_block_t']} |"
+            )
     keys = [ep.key for ep in ENDPOINTS]
     lines += [
         "",

@@ -9,6 +9,7 @@ import pytest
 
 from tokenweight.trainer.evals.stats import (
     align,
+    block_t_interval,
     cluster_sums,
     hierarchical_bootstrap,
     holm,
@@ -96,6 +97,14 @@ def test_hierarchical_bootstrap_is_wider_when_blocks_differ():
     same = hierarchical_bootstrap(mean_stat, [blocks[0]] * 5)
     tiled = paired_bca(mean_stat, [np.tile(blocks[0][0][0], 5)], [np.tile(blocks[0][1][0], 5)])
     assert 0.7 < width(same) / width(tiled) < 1.4
+
+
+def test_block_t_interval_against_a_hand_computation():
+    # Five blocks: mean 0.03, sample sd 0.01, t(0.975, df=4) = 2.776445.
+    per_block = [0.02, 0.03, 0.04, 0.02, 0.04]
+    half = 2.776445 * 0.01 / math.sqrt(5)
+    assert block_t_interval(per_block) == pytest.approx([0.03 - half, 0.03 + half], abs=1e-7)
+    assert all(math.isnan(x) for x in block_t_interval([0.05]))  # one block has no spread
 
 
 def test_holm_against_a_hand_example():

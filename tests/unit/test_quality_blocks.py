@@ -17,6 +17,7 @@ from bench.quality.block_profiles import BLOCK_PROFILES
 from bench.quality.block_stages import BlockContext, flops_ratio
 from bench.quality.estimate import forward
 from bench.quality.jobs import PipelineError, Runner
+from tokenweight.trainer.evals.stats import block_t_interval
 
 PROFILE = BLOCK_PROFILES["block-smoke"]  # short 32, long 256: acc_far reads 64 <= d < 256
 ITEMS = 300
@@ -129,6 +130,14 @@ def test_primaries_holm_verdicts_and_stop_rule(tmp_path):
     holms = sorted(r["holm"]["p_holm"] for r in rows.values())
     assert holms[0] == pytest.approx(min(1.0, 3 * ps[0]))
     assert all(h >= p for h, p in zip(holms, ps))
+    # How firm each verdict is: redrawn over seeds, with more replicates, and by t over blocks.
+    firm = {f["endpoint"]: f for f in block_report.firmness(records, list(rows.values()))}
+    acc_firm = firm["acc_far"]
+    assert acc_firm["seeds"] == block_report.FIRMNESS_SEEDS
+    assert acc_firm["same_verdict_seeds"] == acc_firm["seeds"]  # +0.25 is far from the bound
+    assert acc_firm["ci_many"][0] < acc["value"] < acc_firm["ci_many"][1]
+    assert acc_firm["ci_block_t"] == pytest.approx(block_t_interval(acc["per_block"]))
+    assert acc_firm["verdict_many"] == acc_firm["verdict_block_t"] == "held"
 
 
 def test_report_fills_its_section(tmp_path):
@@ -161,6 +170,7 @@ def test_report_fills_its_section(tmp_path):
     assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
     assert "| dense-weak |" in text and (tmp_path / "plots" / "quality_blocks.png").is_file()
     assert "dense minus uniform-flops" in text and "| short-context loss, first window" in text
+    assert "How firm each verdict is" in text and " of 20 | [" in text
     assert "| 2 | 0.700 / 0.900 | 0.510 / 0.810 | 0.520 / 0.830 |" in text
     assert summary["blocks"] == [1, 2] and summary["stop_rule"]["next"] == "block 3"
     assert json.loads((tmp_path / "results" / "quality_summary.json").read_text())["blocks"] == [
