@@ -11,6 +11,10 @@ Groups (each includes the stages before it, which skip what is already done):
     block-c   ... eval, diagnose, record, report         -> bench/results/quality_block{N}.json
     report    the cross-block report from the records here
 
+With --selection-arms a block is the selection experiment's (docs/SELECTION.md), not the
+replication's: uniform, dense and the four selection arms; its report is selection_report's.
+The replication's blocks end where its stop rule says; later blocks need --selection-arms.
+
 Only pilot-a (or `pilot`, or the tokenizer and weak stages named) makes the carried tokenizer,
 weak scorer and judge; every other group uses the carried ones, checks that this machine's
 corpus is the one they saw, and stops if they are missing rather than retrain them.
@@ -23,9 +27,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from . import block_stages, handoff
+from . import block_stages, handoff, selection_report
 from .block_profiles import BLOCK_PROFILES
-from .block_report import write_report
+from .block_report import block_refusal, write_report
 from .block_stages import BlockContext
 from .jobs import PipelineError, Runner, record_environment
 
@@ -49,12 +53,15 @@ def run(args, repo: Path) -> int:
     ctx, doc, plots = context(args, repo)
     (group,) = args.stages if len(args.stages) == 1 else (None,)
     if group == "report":
-        write_report(ctx.results, doc, plots)
+        report(ctx, doc, plots)
         return 0
     names = [n for s in args.stages for n in GROUPS.get(s, [s])]
     is_block = any(n in BLOCK_ORDER and n not in PILOT_ORDER for n in names)
     if is_block and (ctx.block is None or ctx.block < 1):
         raise SystemExit("block stages need --block N >= 1 (its number and seed; 0 is the pilot's)")
+    refusal = is_block and block_refusal(ctx.results, ctx.block, ctx.profile.selection_arms)
+    if refusal:
+        raise SystemExit(f"pipeline: {refusal}")
     ctx.makes_carried = not is_block and bool(MAKES_CARRIED & set(args.stages))
     order = BLOCK_ORDER if is_block else PILOT_ORDER
     stages = [n for n in order if n in names]
@@ -67,7 +74,7 @@ def run(args, repo: Path) -> int:
             started = time.time()
             print(f"== {name}" + (f" (block {ctx.block})" if is_block else " (pilot)"), flush=True)
             if name == "report":
-                write_report(ctx.results, doc, plots)
+                report(ctx, doc, plots)
             else:
                 (block_stages.BLOCK if is_block else block_stages.PILOT)[name](ctx)
             entry = {
@@ -90,6 +97,14 @@ def run(args, repo: Path) -> int:
     return 0
 
 
+def report(ctx: BlockContext, doc: Path, plots: Path) -> None:
+    """The cross-block report of the experiment this profile runs."""
+    if ctx.profile.selection_arms:
+        selection_report.write_report(ctx.results, doc)
+    else:
+        write_report(ctx.results, doc, plots)
+
+
 def context(args, repo: Path) -> tuple[BlockContext, Path, Path]:
     import torch
 
@@ -110,13 +125,10 @@ def context(args, repo: Path) -> tuple[BlockContext, Path, Path]:
         if args.results
         else (work / "results" if smoke else repo / "bench" / "results")
     )
-    doc = (
-        Path(args.doc)
-        if args.doc
-        else (work / "RESULTS.md" if smoke else repo / "docs" / "RESULTS.md")
-    )
+    page = "SELECTION.md" if profile.selection_arms else "RESULTS.md"  # where its report goes
+    doc = Path(args.doc) if args.doc else (work / page if smoke else repo / "docs" / page)
     if smoke and not doc.exists():
-        shutil.copy(repo / "docs" / "RESULTS.md", doc)
+        shutil.copy(repo / "docs" / page, doc)
     plots = (
         Path(args.plots) if args.plots else (work / "plots" if smoke else repo / "docs" / "results")
     )

@@ -52,7 +52,7 @@ def block_arms(short_len: int, selection: bool = False) -> tuple[BlockArm, ...]:
     # context (the paper's 4k of a 32k sequence is our 512 of 4096, both 1/8). One difference:
     # our chunks start with BOS in place of their first token, theirs with the bare token.
     internal = short_len // 4
-    return (
+    replication = (
         BlockArm("uniform", "uniform"),
         BlockArm("dense", "dense", {"lam": 0.75}, "hybrid", "base"),
         BlockArm("sparse", "sparse", {"kappa": 0.2}, "hybrid", "base"),
@@ -62,7 +62,9 @@ def block_arms(short_len: int, selection: bool = False) -> tuple[BlockArm, ...]:
             "longce", "longce", {"gamma": 5.0}, "self", window=short_len + internal, stride=internal
         ),
         BlockArm("uniform-flops", "uniform", flops_matched=True),
-    ) + (SELECTION_ARMS if selection else ())
+    )
+    # The selection experiment: its four arms beside the two they are read against.
+    return replication[:2] + SELECTION_ARMS if selection else replication
 
 
 # Data selection x weighting (`tokenweight rank` + `select`, stage `select`): the top fraction of
@@ -119,8 +121,9 @@ class BlockProfile:
     jobs_per_device: int = 4
     carried: Path = CARRIED
     calibration: Path = CALIBRATION
-    # Data-selection arms (SELECTION_ARMS): the top `selection_fraction` of the long pool by
-    # `tokenweight rank` against a matched random subset; the pipeline's --selection-arms.
+    # The selection experiment's blocks (the pipeline's --selection-arms): uniform, dense and
+    # SELECTION_ARMS, the top `selection_fraction` of the long pool by `tokenweight rank`
+    # against a matched random subset. Its records stay out of the replication's report.
     selection_arms: bool = False
     selection_fraction: float = 0.3
 

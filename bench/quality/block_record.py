@@ -24,6 +24,12 @@ from .estimate import forward
 from .jobs import PipelineError
 
 FORMAT = "tokenweight-quality-block-1"
+# The selection experiment is exploratory: no stop rule, more blocks only narrow it.
+SELECTION_NEXT = {
+    "stop": False,
+    "next": "optional: another block with --selection-arms",
+    "reason": "the selection experiment has no stop rule; each block adds a pretraining seed",
+}
 WARMUP_STEPS = 3  # steps whose speed includes compilation and allocator warm-up
 
 
@@ -72,13 +78,16 @@ def write(ctx) -> dict:
         "deltas": deltas,
         "pairs": pairs,
         "diagnostics": _diagnostics(ctx.block_path("diagnose.json")),
+        "selection": _selection(ctx.block_path("select", "selection.json")),
         "progress": progress(ctx),
     }
     out = record_path(ctx.results, ctx.block)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, allow_nan=True) + "\n")
     # What to run next follows from every block recorded so far, this one included.
-    record["progress"]["next"] = stop_rule(load_records(ctx.results))
+    record["progress"]["next"] = (
+        SELECTION_NEXT if p.selection_arms else stop_rule(load_records(ctx.results))
+    )
     out.write_text(json.dumps(record, allow_nan=True) + "\n")
     nxt = record["progress"]["next"]
     print(f"record: {out}; blocks done {record['progress']['blocks_done']}; next: {nxt}")
@@ -95,7 +104,8 @@ def progress(ctx) -> dict:
         minutes[key] = minutes.get(key, 0.0) + s["wall_s"] / 60
         if s.get("block") == ctx.block:  # a stage repeated by a later call adds its ~0 s
             walls[s["stage"]] = walls.get(s["stage"], 0.0) + s["wall_s"]
-    done = sorted({r["block"] for r in load_records(ctx.results, exclude=ctx.block)} | {ctx.block})
+    earlier = load_records(ctx.results, exclude=ctx.block, selection=p.selection_arms)
+    done = sorted({r["block"] for r in earlier} | {ctx.block})
     extend_s = walls.get("extend")
     return {
         "blocks_done": done,
@@ -137,6 +147,15 @@ def _diagnostics(path: Path) -> dict | None:
         out["rank_agreement_hybrid"] = d["rank_agreement_hybrid"]
         out["auroc_hybrid"] = {name: s["auroc_hybrid"] for name, s in zip(names, d["scorers"])}
     return out
+
+
+def _selection(path: Path) -> dict | None:
+    """What the selection arms trained on: each selection's documents, tokens and rows."""
+    d = _read_json(path)
+    if d is None:
+        return None
+    keep = ("documents", "tokens", "rows")
+    return {arm: {k: a[k] for k in keep} for arm, a in d["arms"].items()}
 
 
 def _value(ep, arrays: list[np.ndarray]) -> dict:

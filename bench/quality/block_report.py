@@ -19,6 +19,7 @@ from tokenweight.trainer.evals.stats import (
     verdict,
 )
 
+from .block_profiles import SELECTION_ARMS
 from .endpoints import ENDPOINTS, PRIMARIES, PRIMARY_ARM, REFERENCE_ARM
 from .jobs import PipelineError
 
@@ -34,14 +35,24 @@ BEGIN, END = "<!-- blocks:begin -->", "<!-- blocks:end -->"
 RECORD = re.compile(r"quality_block(\d+)\.json$")
 
 
-def load_records(results: Path, exclude: int | None = None) -> list[dict]:
-    """Every block record in `results`, in block order (`exclude`: one being rewritten)."""
+def load_records(
+    results: Path, exclude: int | None = None, selection: bool = False
+) -> list[dict]:
+    """One experiment's block records in `results`, in block order (`exclude`: one being
+    rewritten): the replication's, or with `selection` the selection experiment's (blocks run
+    with --selection-arms), which never enter the replication's report."""
     found = []
     for path in sorted(results.glob("quality_block*.json")):
         m = RECORD.search(path.name)
         if m and int(m.group(1)) != exclude:
-            found.append(json.loads(path.read_text()))
+            record = json.loads(path.read_text())
+            if is_selection(record) == selection:
+                found.append(record)
     return sorted(found, key=lambda r: r["block"])
+
+
+def is_selection(record: dict) -> bool:
+    return any(arm.name in record["arms"] for arm in SELECTION_ARMS)
 
 
 def compare(records: list[dict], arm: str, key: str, against: str = REFERENCE_ARM) -> dict:
@@ -136,6 +147,31 @@ def stop_rule(records: list[dict]) -> dict:
     }
 
 
+def block_refusal(results: Path, block: int, selection: bool) -> str | None:
+    """Why block `block` may not run, if it may not: the replication ends where its stop rule
+    says (docs/PREREGISTRATION.md), and a selection block never takes a replication block's
+    number (its record would replace that block's)."""
+    replication = load_records(results)
+    if selection:
+        if block in {r["block"] for r in replication}:
+            return (
+                f"block {block} is the replication's; give the selection experiment a new "
+                "number (and seed)"
+            )
+        return None
+    done = {r["block"] for r in load_records(results, selection=True)}
+    if block in done:
+        return f"block {block} is the selection experiment's: add --selection-arms"
+    if replication and block > max(r["block"] for r in replication):
+        rule = stop_rule(replication)
+        if rule["stop"]:
+            return (
+                f"the replication stopped after block {replication[-1]['block']} "
+                f"({rule['reason']}); further blocks run with --selection-arms only"
+            )
+    return None
+
+
 def summarize(records: list[dict]) -> dict:
     if not records:
         raise PipelineError("no quality_block*.json yet: run a block first")
@@ -180,7 +216,7 @@ def write_report(results: Path, doc: Path, plots: Path) -> dict:
     return summary
 
 
-def _fmt(d: dict) -> str:
+def format_difference(d: dict) -> str:
     if math.isnan(d["value"]):
         return "–"
     shown = "degenerate" if d.get("degenerate") else _ci(d["ci"])
@@ -210,7 +246,8 @@ def _fill(doc: Path, summary: dict, figure: Path) -> None:
         holm_p = f"{r['holm']['p_holm']:.3f}" if r.get("holm") else "–"
         blocks = ", ".join(f"{v:+.3f}" for v in r.get("per_block", []))
         lines.append(
-            f"| {r['label']} | {r['better']} | {_fmt(r)} | {holm_p} | {r['verdict']} | {blocks} |"
+            f"| {r['label']} | {r['better']} | {format_difference(r)} | {holm_p} "
+            f"| {r['verdict']} | {blocks} |"
         )
     if summary.get("firmness"):
         lines += [
@@ -240,7 +277,8 @@ def _fill(doc: Path, summary: dict, figure: Path) -> None:
         "|---|" + "---:|" * len(keys),
     ]
     for arm, by_key in summary["comparisons"].items():
-        lines.append(f"| {arm} | " + " | ".join(_fmt(by_key[k]) for k in keys) + " |")
+        shown = " | ".join(format_difference(by_key[k]) for k in keys)
+        lines.append(f"| {arm} | {shown} |")
     if summary.get("dense_vs_equal_flops"):
         lines += [
             "",
@@ -255,7 +293,7 @@ def _fill(doc: Path, summary: dict, figure: Path) -> None:
         for ep in ENDPOINTS:
             d = summary["dense_vs_equal_flops"][ep.key]
             blocks = ", ".join(f"{v:+.3f}" for v in d.get("per_block", []))
-            lines.append(f"| {ep.label} | {ep.better} | {_fmt(d)} | {blocks} |")
+            lines.append(f"| {ep.label} | {ep.better} | {format_difference(d)} | {blocks} |")
     if summary["weak_to_strong"]:
         lines += ["", "Weak-to-strong ratio (Δ dense-weak / Δ dense):", ""]
         for key, r in summary["weak_to_strong"].items():

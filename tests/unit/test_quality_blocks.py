@@ -11,7 +11,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from bench.quality import block_record, block_report, block_stages, calibrate
+from bench.quality import block_record, block_report, block_stages, calibrate, selection_report
 from bench.quality.block_estimate import arm_scoring
 from bench.quality.block_profiles import BLOCK_PROFILES
 from bench.quality.block_stages import BlockContext, flops_ratio
@@ -311,12 +311,13 @@ def test_block_export_keeps_results_and_drops_models(tmp_path):
 
 
 def test_selection_arms_train_on_the_selection_with_equal_steps(tmp_path, monkeypatch):
-    """--selection-arms adds top/control x uniform/dense; each trains on its selection's shards
-    from the same base for the same steps as the other arms."""
+    """--selection-arms trains top/control x uniform/dense beside uniform and dense; each
+    trains on its selection's shards from the same base for the same steps as the others."""
     p = replace(BLOCK_PROFILES["block"], selection_arms=True)
     arms = {a.name: a for a in p.arms}
-    assert {"top-uniform", "top-dense", "control-uniform", "control-dense"} <= set(arms)
-    assert len(arms) == len(BLOCK_PROFILES["block"].arms) + 4
+    assert set(arms) == {
+        "uniform", "dense", "top-uniform", "top-dense", "control-uniform", "control-dense"
+    }
     assert arms["top-dense"].trainer_flags(p.short_len) == arms["dense"].trainer_flags(p.short_len)
     ctx = BlockContext(p, tmp_path, 1, Runner(tmp_path, ["cpu"], 1), "cpu", tmp_path,
                        tmp_path / "calibration.json", tmp_path / "results")
@@ -334,6 +335,61 @@ def test_selection_arms_train_on_the_selection_with_equal_steps(tmp_path, monkey
     assert data["control-dense"] == str(ctx.block_path("select", "control"))
     assert data["uniform"] == data["dense"] == str(ctx.path("shards-long"))
     assert steps["top-dense"] == steps["control-uniform"] == steps["uniform"]
+
+
+def make_selection_block(tmp_path, block: int, top_gain: float) -> BlockContext:
+    """A selection block's evals: the top arms gain `top_gain` in accuracy, the rest none."""
+    ctx = make_block(tmp_path, block, 0.0)
+    ctx.profile = replace(ctx.profile, selection_arms=True)
+    rng = np.random.default_rng(100 + block)
+    for arm in (a.name for a in ctx.profile.arms):
+        gain = top_gain if arm.startswith("top-") else 0.0
+        path = ctx.block_path("eval", f"{arm}.json")
+        path.write_text(json.dumps(fake_eval(rng, 0.5 + gain, 1.0, 2.0)))
+    select = ctx.block_path("select")
+    select.mkdir(parents=True, exist_ok=True)
+    chosen = {"documents": 7, "tokens": 9000, "rows": 30, "dropped_tokens": 0, "indices": []}
+    (select / "selection.json").write_text(json.dumps({"arms": {"top": chosen, "control": chosen}}))
+    return ctx
+
+
+def test_selection_blocks_report_apart_from_the_replication(tmp_path):
+    for block in (1, 2, 3):
+        block_record.write(make_block(tmp_path, block, 0.25))  # the replication stops here
+    results = tmp_path / "results"
+    before = block_report.primaries(block_report.load_records(results))
+    assert block_report.block_refusal(results, 4, selection=False).startswith(
+        "the replication stopped after block 3"
+    )
+    assert "is the replication's" in block_report.block_refusal(results, 2, selection=True)
+    assert block_report.block_refusal(results, 3, selection=False) is None  # a rerun of a block
+    assert block_report.block_refusal(results, 4, selection=True) is None
+    record = block_record.write(make_selection_block(tmp_path, 4, 0.2))
+    assert record["selection"]["top"] == {"documents": 7, "tokens": 9000, "rows": 30}
+    assert record["progress"]["blocks_done"] == [4]
+    assert not record["progress"]["next"]["stop"]
+    assert "selection experiment's" in block_report.block_refusal(results, 4, selection=False)
+    # The replication's report is what it was; the selection block is in its own.
+    assert [r["block"] for r in block_report.load_records(results)] == [1, 2, 3]
+    assert block_report.primaries(block_report.load_records(results)) == before
+    doc = tmp_path / "SELECTION.md"
+    doc.write_text(f"a\n{selection_report.BEGIN}\nold\n{selection_report.END}\nb\n")
+    summary = selection_report.write_report(results, doc)
+    assert summary["blocks"] == [4]
+    rows = {(c["arm"], c["against"]): c for c in summary["comparisons"]}
+    top = rows[("top-uniform", "control-uniform")]["acc_far"]
+    pairs = record["pairs"]
+    diff = np.asarray(pairs["top-uniform"]["acc_far"]["arm"][0]) - pairs["control-uniform"][
+        "acc_far"
+    ]["arm"][0]
+    assert top["value"] == pytest.approx(diff.mean()) and top["ci"][0] > 0.05
+    weighting = rows[("control-dense", "control-uniform")]["acc_far"]
+    assert weighting["ci"][0] < 0 < weighting["ci"][1]  # no gain was put there
+    text = doc.read_text()
+    assert text.startswith("a\n") and text.endswith("b\n") and "old" not in text
+    assert "| top-uniform − control-uniform | selection, uniform loss |" in text
+    assert "| 4 | 7, 9,000 / 7, 9,000 |" in text
+    assert (results / "quality_selection.json").is_file()
 
 
 def test_selection_arms_refuse_to_train_without_the_selection(tmp_path, monkeypatch):
