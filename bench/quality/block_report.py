@@ -55,7 +55,14 @@ def is_selection(record: dict) -> bool:
     return any(arm.name in record["arms"] for arm in SELECTION_ARMS)
 
 
-def compare(records: list[dict], arm: str, key: str, against: str = REFERENCE_ARM) -> dict:
+def compare(
+    records: list[dict],
+    arm: str,
+    key: str,
+    against: str = REFERENCE_ARM,
+    seed: int | None = None,
+    n_boot: int = N_BOOT,
+) -> dict:
     """Hierarchical bootstrap of arm - `against` on one endpoint, over the blocks' items. Each
     record pairs every arm with the reference item by item; another arm is paired with `arm`
     through that, when both saw the same items (every arm of a block does)."""
@@ -76,7 +83,8 @@ def compare(records: list[dict], arm: str, key: str, against: str = REFERENCE_AR
                     f"items for {key}; they cannot be paired"
                 )
             blocks.append((mine["arm"], other["arm"]))
-    return hierarchical_bootstrap(endpoint.stat, blocks, seed=len(blocks))
+    seed = len(blocks) if seed is None else seed  # the pre-registered seed: the blocks' count
+    return hierarchical_bootstrap(endpoint.stat, blocks, seed=seed, n_boot=n_boot)
 
 
 def primaries(records: list[dict]) -> list[dict]:
@@ -101,16 +109,11 @@ def firmness(records: list[dict], rows: list[dict]) -> list[dict]:
     out = []
     for row in rows:
         ep = next(e for e in PRIMARIES if e.key == row["endpoint"])
-        blocks = [
-            (r["pairs"][PRIMARY_ARM][ep.key]["arm"], r["pairs"][PRIMARY_ARM][ep.key]["reference"])
-            for r in records
-            if PRIMARY_ARM in r["pairs"] and r["pairs"][PRIMARY_ARM][ep.key]["arm"][0]
-        ]
         redrawn = [
-            verdict(hierarchical_bootstrap(ep.stat, blocks, seed=s)["ci"], MARGIN, ep.better)
+            verdict(compare(records, PRIMARY_ARM, ep.key, seed=s)["ci"], MARGIN, ep.better)
             for s in range(FIRMNESS_SEEDS)
         ]
-        many = hierarchical_bootstrap(ep.stat, blocks, seed=len(blocks), n_boot=FIRMNESS_BOOT)
+        many = compare(records, PRIMARY_ARM, ep.key, n_boot=FIRMNESS_BOOT)
         t_ci = block_t_interval(row["per_block"])
         out.append(
             {
